@@ -1,0 +1,104 @@
+"""Synthetic images generated on the device: for throughput benchmarks and smoke runs.
+
+``SyntheticImages.get_batch(step, batch_size)`` draws the batch with a ``torch.Generator`` that
+lives on the target device and is re-seeded from ``(seed, step mod num_batches)``: no host->device
+transfer, no stored pool, and the same ``(seed, batch_size, step)`` always gives the same batch
+on the same device (CPU and CUDA generators give different numbers for the same seed). The
+"dataset" has ``length`` samples, i.e. ``length // batch_size`` distinct batches per epoch
+(``drop_last``); step ``s`` and ``s + num_batches`` return the same batch, like a dataset seen
+in a fixed order every epoch.
+
+Images are ``N(0, 1)`` (the scale of normalized data), labels uniform in ``[0, num_classes)``.
+With ``signal > 0`` each image also gets ``signal * pattern[label]`` added, a fixed random
+per-class pattern, so a model can actually learn the labels (smoke tests of a training loop).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+_MIX = 1_000_003  # odd multiplier to spread (seed, step) over the 63-bit seed space
+
+
+def _positive_int(key: str, val) -> int:
+    if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+        raise ValueError(f"SyntheticImages: {key} must be a positive integer, got {val!r}")
+    return val
+
+
+class SyntheticImages:
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int,
+        channels: int = 3,
+        length: int = 50_000,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        signal: float = 0.0,
+        batch_size: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.num_classes = _positive_int("num_classes", num_classes)
+        self.image_size = _positive_int("image_size", image_size)
+        self.channels = _positive_int("channels", channels)
+        self.length = _positive_int("length", length)
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.signal = float(signal)
+        self.batch_size = None if batch_size is None else _positive_int("batch_size", batch_size)
+        self.dtype = dtype
+        self.patterns = None
+        if self.signal:
+            g = self._generator(-1)
+            self.patterns = torch.randn(
+                (num_classes, channels, image_size, image_size), generator=g, device=self.device, dtype=dtype
+            )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.image_size, self.image_size)
+
+    def num_batches(self, batch_size: int) -> int:
+        """Distinct batches per epoch (``length // batch_size``, the last partial batch dropped)."""
+        n = self.length // _positive_int("batch_size", batch_size)
+        if n == 0:
+            raise ValueError(f"SyntheticImages: batch_size {batch_size} exceeds length {self.length}")
+        return n
+
+    def _generator(self, index: int) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.seed * _MIX + index + 1) % (2**63))
+        return g
+
+    def get_batch(self, step: int, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``step`` (taken modulo ``num_batches``): ``x [B, C, H, W]``, ``y [B]`` (int64)."""
+        bs = self.batch_size if batch_size is None else batch_size
+        if bs is None:
+            raise ValueError("SyntheticImages.get_batch: give batch_size (or set it in the constructor)")
+        index = int(step) % self.num_batches(bs)
+        g = self._generator(index)
+        x = torch.randn((bs, *self.shape), generator=g, device=self.device, dtype=self.dtype)
+        y = torch.randint(0, self.num_classes, (bs,), generator=g, device=self.device)
+        if self.patterns is not None:
+            x.add_(self.patterns[y], alpha=self.signal)
+        return x, y
+
+    def __len__(self) -> int:
+        """Batches per epoch (needs ``batch_size`` set in the constructor)."""
+        if self.batch_size is None:
+            raise TypeError("len(SyntheticImages) needs batch_size set in the constructor")
+        return self.num_batches(self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of batches, like a DataLoader (needs ``batch_size`` set in the constructor)."""
+        for step in range(len(self)):
+            yield self.get_batch(step)
+
+    def __repr__(self):
+        return (
+            f"SyntheticImages(num_classes={self.num_classes}, shape={self.shape}, length={self.length}, "
+            f"device={self.device}, seed={self.seed}, signal={self.signal})"
+        )
