@@ -59,7 +59,8 @@ def raw_dir(root: str | os.PathLike) -> Path:
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
     """Parse an uncompressed idx file: 28x28 uint8 images (magic 2051) or uint8 labels (2049)."""
-    fix = f"Delete {path.parent.parent.parent} to re-fetch, or place a good copy of {path.name} there by hand."
+    fix = (f"Delete {path.parent.parent.parent} to re-fetch, "
+           f"or place a good copy of {path.name} in {path.parent} by hand.")
     data = bytearray(path.read_bytes())  # bytearray so the array is writable (torch.from_numpy)
     ndim = 3 if magic == 2051 else 1
     header = 4 + 4 * ndim
@@ -188,7 +189,8 @@ def load_mnist(root: str | None = None, device: str | torch.device = "cpu") -> d
             try:
                 fetch(root)
             except Exception as e:  # any failure just moves on to the next route
-                failures.append(f"{label}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+                reason = " ".join(str(e).split())  # one line; torchvision's spans several
+                failures.append(f"{label}: {type(e).__name__}: {reason[:300]}")
                 continue
             if _have_files(raw):
                 break

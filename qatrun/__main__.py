@@ -1,0 +1,3 @@
+from qatrun.cli import main
+
+main()

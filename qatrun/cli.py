@@ -1,0 +1,38 @@
+"""``qatrun``: compose the Hydra config, call ``train``, print the final figures. Nothing else."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+SHOWN = ("pair/quantized_agreement", "pair/alignment_error", "pair/sequence_agreement", "pair/inference_agreement",
+         "pair/logit_mse", "est/test_acc", "twin/test_acc", "alpha", "twin_lr_factor", "twin_init")
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+def _main(cfg: DictConfig) -> float | None:
+    from qatrun.train import TrainingError, train  # imported late: --help stays fast
+
+    run_dir = cfg.resume or HydraConfig.get().runtime.output_dir
+    try:
+        summary = train(cfg, run_dir)
+    except (ValueError, TrainingError) as exc:  # user errors: one line, no traceback
+        print(f"qatrun: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"\nrun directory: {run_dir}")
+    for key in SHOWN:
+        if key in summary:
+            v = summary[key]
+            print(f"  {key:32s} {v:.6g}" if isinstance(v, float) else f"  {key:32s} {v}")
+    return summary.get("pair/quantized_agreement")
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

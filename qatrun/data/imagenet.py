@@ -1,0 +1,243 @@
+"""ImageNet (ILSVRC-2012) from an ImageFolder tree, with the standard ResNet transforms.
+
+Expected layout (the raw validation set, which ships as one flat folder, must first be sorted
+into class folders, e.g. with the usual ``valprep.sh``)::
+
+    root/train/<class>/*.JPEG
+    root/val/<class>/*.JPEG
+
+Train: RandomResizedCrop(image_size) + RandomHorizontalFlip + ToTensor + Normalize.
+Val:   Resize(resize) (shorter side) + CenterCrop(image_size) + ToTensor + Normalize.
+
+Reproducibility: the train order comes from a ``torch.Generator`` seeded with ``seed`` (single
+process) or from ``DistributedSampler(seed=seed)`` (the caller calls ``sampler.set_epoch``); the
+same generator also seeds the DataLoader workers, so with ``workers > 0`` the augmentations are
+reproducible too (with ``workers=0`` they use the global torch RNG of the main process).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torchvision import datasets, transforms
+
+from qatrun.data.mnist import DatasetError  # one error type for every dataset of the package
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLITS = ("train", "val")
+LAYOUT = "expected layout: root/train/<class>/*.JPEG and root/val/<class>/*.JPEG (same class folders in both)"
+
+
+def train_transform(image_size: int = 224) -> transforms.Compose:
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(image_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def val_transform(image_size: int = 224, resize: int = 256) -> transforms.Compose:
+    return transforms.Compose(
+        [
+            transforms.Resize(resize),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def _short_list(items: Sequence[str], n: int = 8) -> str:
+    items = list(items)
+    head = ", ".join(items[:n])
+    return head + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def _class_folders(split_dir: str, split: str) -> list[str]:
+    """Sorted class folder names of one split (the order ImageFolder uses), with clear errors."""
+    with os.scandir(split_dir) as it:
+        entries = list(it)
+    classes = sorted(e.name for e in entries if e.is_dir())
+    if not classes:
+        images = [e.name for e in entries if e.is_file() and e.name.lower().endswith(datasets.folder.IMG_EXTENSIONS)]
+        hint = (
+            f"; it holds {len(images)} images directly: sort them into one folder per class "
+            f"(the raw ImageNet val set ships flat, see valprep.sh)"
+            if images
+            else ""
+        )
+        raise DatasetError(f"ImageNet {split} split {split_dir} has no class folders{hint}; {LAYOUT}")
+    return classes
+
+
+def check_imagenet_root(root) -> list[str]:
+    """Check the folder layout (not every file); returns the class names, sorted."""
+    if root is None or str(root) == "":
+        raise DatasetError(f"no ImageNet root given (data.root); {LAYOUT}")
+    root = os.fspath(root)
+    if not os.path.exists(root):
+        raise DatasetError(f"ImageNet root {root} does not exist; {LAYOUT}")
+    if not os.path.isdir(root):
+        raise DatasetError(f"ImageNet root {root} is not a directory; {LAYOUT}")
+    found = {}
+    for split in SPLITS:
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(split_dir):
+            there = sorted(os.listdir(root))
+            raise DatasetError(
+                f"ImageNet root {root} has no {split}/ folder (it holds: {_short_list(there) or 'nothing'}); {LAYOUT}"
+            )
+        found[split] = _class_folders(split_dir, split)
+    train, val = found["train"], found["val"]
+    if train != val:
+        missing, extra = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} train classes missing from val/ ({_short_list(missing)})")
+        if extra:
+            parts.append(f"{len(extra)} val classes not in train/ ({_short_list(extra)})")
+        raise DatasetError(
+            f"ImageNet root {root}: train/ has {len(train)} classes and val/ has {len(val)}, "
+            f"the class lists differ: {'; '.join(parts)}; {LAYOUT}"
+        )
+    return train
+
+
+def _image_folder(root: str, split: str, transform) -> datasets.ImageFolder:
+    split_dir = os.path.join(root, split)
+    try:
+        ds = datasets.ImageFolder(split_dir, transform=transform)
+    except FileNotFoundError as e:  # a class folder without any image file
+        raise DatasetError(f"ImageNet {split} split {split_dir}: {e}; {LAYOUT}") from e
+    if len(ds) == 0:
+        raise DatasetError(f"ImageNet {split} split {split_dir} has no images; {LAYOUT}")
+    return ds
+
+
+class _ClassSubset(Subset):
+    """A ``Subset`` that keeps the parent's ``classes`` / ``class_to_idx``."""
+
+    @property
+    def classes(self):
+        return self.dataset.classes
+
+    @property
+    def class_to_idx(self):
+        return self.dataset.class_to_idx
+
+
+def _subset(ds: datasets.ImageFolder, n, split: str) -> Dataset:
+    """``n`` samples evenly spaced over the (class-sorted) sample list, so every class is hit."""
+    if n is None:
+        return ds
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{split}_subset must be a positive integer or None, got {n!r}")
+    if n >= len(ds):
+        return ds
+    return _ClassSubset(ds, [i * len(ds) // n for i in range(n)])
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation shard of one rank: indices ``rank, rank + world, ...`` in order, no padding.
+
+    Unlike ``DistributedSampler`` it never repeats samples, so summed counts over the ranks give
+    the exact accuracy; ranks may get one batch more or less (no per-batch collectives in eval:
+    run the un-wrapped model and all-reduce the totals at the end).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"ShardSampler: rank {rank} outside [0, {num_replicas})")
+        self.n, self.num_replicas, self.rank = len(dataset), num_replicas, rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.num_replicas))
+
+
+def _world(num_replicas, rank) -> tuple[int, int]:
+    if num_replicas is None or rank is None:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise RuntimeError("distributed=True needs an initialized process group (or num_replicas and rank)")
+        num_replicas = torch.distributed.get_world_size() if num_replicas is None else num_replicas
+        rank = torch.distributed.get_rank() if rank is None else rank
+    return num_replicas, rank
+
+
+def build_imagenet_loaders(
+    root,
+    batch_size: int,
+    workers: int,
+    image_size: int = 224,
+    resize: int = 256,
+    distributed: bool = False,
+    seed: int = 0,
+    train_subset: int | None = None,
+    val_subset: int | None = None,
+    pin_memory: bool = True,
+    num_replicas: int | None = None,
+    rank: int | None = None,
+) -> tuple[DataLoader, DataLoader, int]:
+    """Train and val loaders over ``root/{train,val}`` and the number of classes.
+
+    ``batch_size`` is per process. Train: shuffled (seeded), ``drop_last=True``. Val: in order,
+    every sample once. With ``distributed`` the train loader uses
+    ``DistributedSampler(shuffle=True, seed=seed, drop_last=True)`` (call ``set_epoch`` each
+    epoch) and val a ``ShardSampler``; ``num_replicas``/``rank`` default to the process group's.
+    ``train_subset``/``val_subset`` keep that many samples, evenly spaced over the classes.
+    The datasets are ``loader.dataset`` (``.classes`` lists the class folder names).
+    """
+    for key, val in (("batch_size", batch_size), ("image_size", image_size), ("resize", resize)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"build_imagenet_loaders: {key} must be a positive integer, got {val!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"build_imagenet_loaders: workers must be an integer >= 0, got {workers!r}")
+    if resize < image_size:
+        raise ValueError(f"build_imagenet_loaders: resize ({resize}) must be >= image_size ({image_size})")
+    classes = check_imagenet_root(root)
+    root = os.fspath(root)
+    train_ds = _subset(_image_folder(root, "train", train_transform(image_size)), train_subset, "train")
+    val_ds = _subset(_image_folder(root, "val", val_transform(image_size, resize)), val_subset, "val")
+
+    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    if distributed:
+        world, rk = _world(num_replicas, rank)
+        train_sampler = DistributedSampler(
+            train_ds, num_replicas=world, rank=rk, shuffle=True, seed=seed, drop_last=True
+        )
+        per_rank = len(train_sampler)
+        val_sampler = ShardSampler(val_ds, world, rk)
+        shuffle_kw = dict(sampler=train_sampler)
+        gen = torch.Generator().manual_seed(seed + rk)  # worker seeds only
+    else:
+        per_rank = len(train_ds)
+        val_sampler = None
+        gen = torch.Generator().manual_seed(seed)
+        shuffle_kw = dict(shuffle=True)
+    if per_rank < batch_size:
+        raise DatasetError(
+            f"ImageNet train split has {per_rank} samples per process, fewer than one batch of "
+            f"{batch_size} (drop_last=True would give no batch)"
+        )
+    train_loader = DataLoader(
+        train_ds, batch_size=batch_size, drop_last=True, generator=gen, **shuffle_kw, **common
+    )
+    val_loader = DataLoader(
+        val_ds, batch_size=batch_size, shuffle=False, sampler=val_sampler, drop_last=False, **common
+    )
+    return train_loader, val_loader, len(classes)
+
+
+__all__ = [
+    "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "ShardSampler", "build_imagenet_loaders",
+    "check_imagenet_root", "train_transform", "val_transform",
+]

@@ -1,0 +1,425 @@
+"""Agreement metrics between an estimator run and its twin (arXiv 2405.05171, PAPER.md "The metrics").
+
+Three pieces, all pure torch (no I/O, no config, no host syncs inside ``update``):
+
+* **Function agreement** of two runs' test-set logits: :func:`function_metrics` (one shot) and
+  :class:`FunctionAgreement` (accumulated over batches, sums kept on the device).
+* **Curve agreement**: :func:`pearson` of two 1-D curves (a Python float).
+* **Change-point sequences** of the quantized weights: :class:`ChangePointTracker`, online and
+  bounded memory (O(1) state per weight, no history), elementwise kernels only.
+
+Every ``compute()`` returns a dict ``name -> 0-dim tensor`` on the state's device; the caller
+decides when to move them to the host.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+__all__ = ["function_metrics", "FunctionAgreement", "pearson", "ChangePointTracker"]
+
+_NAN = float("nan")
+
+
+# ----------------------------------------------------------------------------------------------
+# Function agreement
+# ----------------------------------------------------------------------------------------------
+
+
+class FunctionAgreement:
+    """Function agreement of two runs on the same test examples, accumulated over batches.
+
+    ``update(logits_a, logits_b, labels, loss_a=None, loss_b=None)`` with ``logits_*: [N, C]``,
+    ``labels: [N]`` adds running sums (on the logits' device, no host sync); ``compute()`` gives
+
+    * ``inference_agreement``: fraction of examples with ``argmax a == argmax b``;
+    * ``incorrect_inference_agreement``: among examples that BOTH runs get wrong, the fraction on
+      which both predict the same (wrong) class; NaN if no example is wrong in both;
+    * ``logit_mse``: mean over all ``N * C`` elements of ``(logits_a - logits_b)^2``;
+    * ``logit_mad``: mean over all elements of ``|logits_a - logits_b|``;
+    * ``acc_a``, ``acc_b``: each run's accuracy;
+    * ``loss_a``, ``loss_b`` (only when losses were given): mean per-example loss.
+
+    Losses must be PER-EXAMPLE (shape ``[N]``, e.g. ``cross_entropy(..., reduction="none")``),
+    so the mean over the test set is exact whatever the batch sizes; a 0-dim loss is refused
+    (a batch mean cannot be re-weighted without knowing the convention). Each run's loss mean is
+    over the examples for which that run's loss was given.
+
+    Predictions are ``argmax`` (ties go to the lowest class index, as in ``torch.argmax``).
+    Sums are in float64 (counts in int64), so batching does not change the result beyond float64
+    rounding. Empty state: every metric is NaN.
+    """
+
+    def __init__(self):
+        self._s: dict[str, torch.Tensor] | None = None
+        self._n = 0  # examples seen (host-side int; needs no sync: it comes from shapes)
+        self._n_elem = 0
+        self._n_loss = {"a": 0, "b": 0}
+
+    def _init(self, device):
+        i64 = dict(dtype=torch.int64, device=device)
+        f64 = dict(dtype=torch.float64, device=device)
+        self._s = {
+            "agree": torch.zeros((), **i64),
+            "both_wrong": torch.zeros((), **i64),
+            "both_wrong_same": torch.zeros((), **i64),
+            "correct_a": torch.zeros((), **i64),
+            "correct_b": torch.zeros((), **i64),
+            "sq": torch.zeros((), **f64),
+            "abs": torch.zeros((), **f64),
+            "loss_a": torch.zeros((), **f64),
+            "loss_b": torch.zeros((), **f64),
+        }
+
+    @torch.no_grad()
+    def update(self, logits_a, logits_b, labels, loss_a=None, loss_b=None) -> None:
+        if logits_a.dim() != 2 or logits_a.shape != logits_b.shape:
+            raise ValueError(
+                f"logits must both be [N, C] of the same shape, got {tuple(logits_a.shape)} and {tuple(logits_b.shape)}"
+            )
+        n = logits_a.shape[0]
+        if labels.shape != (n,):
+            raise ValueError(f"labels must be [N] = [{n}], got {tuple(labels.shape)}")
+        if self._s is None:
+            self._init(logits_a.device)
+        s = self._s
+        dev = s["agree"].device
+        logits_a = logits_a.detach().to(dev)
+        logits_b = logits_b.detach().to(dev)
+        labels = labels.to(dev)
+        pa = logits_a.argmax(dim=1)
+        pb = logits_b.argmax(dim=1)
+        ok_a = pa == labels
+        ok_b = pb == labels
+        same = pa == pb
+        both_wrong = ~ok_a & ~ok_b
+        s["agree"] += same.sum()
+        s["correct_a"] += ok_a.sum()
+        s["correct_b"] += ok_b.sum()
+        s["both_wrong"] += both_wrong.sum()
+        s["both_wrong_same"] += (both_wrong & same).sum()
+        d = logits_a.to(torch.float64) - logits_b.to(torch.float64)
+        s["sq"] += d.square().sum()
+        s["abs"] += d.abs().sum()
+        for run, loss in (("a", loss_a), ("b", loss_b)):
+            if loss is None:
+                continue
+            if loss.shape != (n,):
+                raise ValueError(
+                    f"loss_{run} must be per-example losses of shape [N] = [{n}] (reduction='none'), "
+                    f"got {tuple(loss.shape)}"
+                )
+            s[f"loss_{run}"] += loss.detach().to(dev, torch.float64).sum()
+            self._n_loss[run] += n
+        self._n += n
+        self._n_elem += logits_a.numel()
+
+    @staticmethod
+    def _ratio(num: torch.Tensor, den) -> torch.Tensor:
+        """num / den in float64, NaN when den == 0 (den a tensor or a host int)."""
+        num = num.to(torch.float64)
+        if isinstance(den, torch.Tensor):
+            den = den.to(torch.float64)
+            return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, _NAN))
+        return num / den if den > 0 else torch.full_like(num, _NAN)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        if self._s is None:
+            nan = torch.tensor(_NAN, dtype=torch.float64)
+            return {k: nan.clone() for k in
+                    ("inference_agreement", "incorrect_inference_agreement", "logit_mse", "logit_mad", "acc_a", "acc_b")}
+        s, n, r = self._s, self._n, self._ratio
+        out = {
+            "inference_agreement": r(s["agree"], n),
+            "incorrect_inference_agreement": r(s["both_wrong_same"], s["both_wrong"]),
+            "logit_mse": r(s["sq"], self._n_elem),
+            "logit_mad": r(s["abs"], self._n_elem),
+            "acc_a": r(s["correct_a"], n),
+            "acc_b": r(s["correct_b"], n),
+        }
+        for run in ("a", "b"):
+            if self._n_loss[run]:
+                out[f"loss_{run}"] = r(s[f"loss_{run}"], self._n_loss[run])
+        return out
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+def function_metrics(logits_a, logits_b, labels, loss_a=None, loss_b=None) -> dict[str, torch.Tensor]:
+    """One-shot :class:`FunctionAgreement` on full ``[N, C]`` logits; same keys, 0-dim tensors."""
+    fa = FunctionAgreement()
+    fa.update(logits_a, logits_b, labels, loss_a, loss_b)
+    return fa.compute()
+
+
+# ----------------------------------------------------------------------------------------------
+# Curve agreement
+# ----------------------------------------------------------------------------------------------
+
+
+def pearson(x, y) -> float:
+    """Pearson correlation of two equal-length 1-D curves (tensors, arrays or lists of floats).
+
+    Computed in float64 on the host. NaN if there are fewer than 2 points or either curve is
+    exactly constant; NaN also propagates from NaN entries. Clamped to [-1, 1].
+    """
+    x = torch.as_tensor(x).detach().to("cpu", torch.float64).reshape(-1)
+    y = torch.as_tensor(y).detach().to("cpu", torch.float64).reshape(-1)
+    if x.numel() != y.numel():
+        raise ValueError(f"pearson: curves differ in length ({x.numel()} vs {y.numel()})")
+    if x.numel() < 2 or bool((x == x[0]).all()) or bool((y == y[0]).all()):
+        return _NAN
+    xc = x - x.mean()
+    yc = y - y.mean()
+    den = math.sqrt(float(xc.square().sum()) * float(yc.square().sum()))
+    if not den > 0:  # 0 (underflow) or NaN
+        return _NAN
+    r = float((xc * yc).sum()) / den
+    return max(-1.0, min(1.0, r)) if math.isfinite(r) else _NAN
+
+
+# ----------------------------------------------------------------------------------------------
+# Change-point sequences
+# ----------------------------------------------------------------------------------------------
+
+# Two independent polynomial hashes: h <- (h * B + (level + 1)) mod P, with P < 2^31 so h fits in
+# int32 and h * B + level + 1 < 2^62 + 2^15 fits in int64.
+_PRIMES = (2147483647, 2147483629)
+_BASES = (742938285, 1000000007)
+_NO_LEVEL = -1  # "no level before the previous change" (levels are >= 0)
+_RUNS = ("a", "b")
+_PER_RUN = ("level", "prev", "count", "hash", "osc", "ccount", "chash", "chash_before", "can_undo")
+
+
+def _flat_levels(levels) -> torch.Tensor:
+    if isinstance(levels, torch.Tensor):
+        return levels.reshape(-1).to(torch.int16)
+    return torch.cat([l.reshape(-1).to(torch.int16) for l in levels])
+
+
+class ChangePointTracker:
+    """Online change-point statistics of two runs' quantized weights; O(1) state per weight.
+
+    Built from each run's level indices at the initial step (one integer tensor per layer, same
+    shapes in both runs, values in ``[0, 32767)``, e.g. ``Grid.level_index``); then
+    ``update(step, levels_a, levels_b)`` at strictly increasing steps (every step, or with gaps).
+    All state lives on the device of ``init_levels_a``. ``sparse=False`` (the default off the
+    CPU) updates it with a fixed handful of elementwise kernels over all weights and two scalar
+    reductions: no host sync, no loop over weights. ``sparse=True`` (the default on the CPU, where
+    a sync is free) steps only the weights whose level changed (``nonzero`` + gather/scatter),
+    which is much cheaper when few weights change per step; the results are identical.
+
+    Definitions (a "change" is a new level seen at an update; a weight that moves and comes back
+    between two updates shows no change, so with a stride the metrics are those of the subsampled
+    trajectory):
+
+    * **Exact sequence** of a weight: its initial level, then the new level at each change.
+      ``sequence_agreement``: fraction of weights whose exact sequences are identical in both
+      runs (same length, same levels).
+    * **Compressed sequence**: built online; a change that returns the weight to the level it
+      left at the last change that was appended cancels that change (pop instead of push), so
+      ``a-b-a-b -> a-b``, ``a-b-a -> a``. Cancellations do not chain: after a pop, the next change
+      is always appended (``a-b-c-b-a -> a-b-a``); after any append the next change may pop again.
+      ``sequence_agreement_compressed``: fraction of weights with identical compressed sequences.
+    * **Change-point error** ``changepoint_error``: over weights whose exact sequences agree, the
+      total over their matched change points ``k`` of ``|t_a(k) - t_b(k)|``, divided by their
+      total number of changes (the same in both runs); NaN if there are no such change points.
+      Computed online with ``sum_k |t_a(k) - t_b(k)| = integral |N_a(t) - N_b(t)| dt`` (``N`` the
+      count of changes so far; exact for monotone counting functions with equal final counts):
+      each update adds ``|N_a - N_b| * (step - previous step)`` per weight before applying the
+      new changes.
+    * ``changepoint_error_compressed``: the same with the compressed counts (length of the
+      compressed sequence minus 1), over weights whose compressed sequences agree, divided by
+      their compressed change count. Compressed counts go down on a pop, so this is the AREA
+      BETWEEN THE COMPRESSED COUNTING FUNCTIONS per compressed change, not a sum over matched
+      change points; it is also NaN when the denominator is 0 (e.g. all agreeing weights
+      collapsed back to their initial level), even if that area is positive.
+    * **Oscillation**: a change back to the level held before the previous change (``x-y-x``);
+      ``a-b-a-b`` has 2. ``oscillations_a/b``: totals; ``oscillating_fraction_a/b``: fraction of
+      weights with at least one. ``changes_a/b``: total number of changes.
+
+    Sequence equality is tested with two polynomial rolling hashes per weight and run
+    (``h <- h * B + level + 1 mod P``, P1 = 2^31 - 1 and P2 = 2147483629, different bases),
+    together with equal change counts and equal current levels. A false match needs both hashes
+    to collide: ~1/(P1*P2) ~ 2e-19 per weight pair for hash-like behaviour (for random bases the
+    rigorous bound is (n/P1)(n/P2) for sequences of length n), i.e. negligible even for 25M weights.
+
+    Memory per weight (the two runs together): 2 x (int16 level + int16 previous level + int32
+    count + 2 x int32 hash + bool oscillated + int32 compressed count + 2 x int32 compressed hash
+    + 2 x int32 compressed hash before the last append + bool pop available) = 2 x 38 B, plus
+    2 x int64 accumulated error (exact, compressed) = 92 bytes per weight (2.3 GB for ResNet-50's
+    25M weights), plus transient int64 temporaries during ``update``.
+
+    ``state_dict()`` holds plain tensors only (including the last step), so a checkpoint restores
+    the tracker exactly: ``load_state_dict`` into a tracker of the same size, or
+    ``ChangePointTracker.from_state_dict(sd)``.
+    """
+
+    def __init__(self, init_levels_a, init_levels_b, init_step: int = 0, sparse: bool | None = None):
+        la = _flat_levels(init_levels_a)
+        lb = _flat_levels(init_levels_b).to(la.device)
+        if la.shape != lb.shape:
+            raise ValueError(f"the two runs have different numbers of weights: {la.numel()} vs {lb.numel()}")
+        if la.numel() and (int(torch.minimum(la.min(), lb.min())) < 0):
+            raise ValueError("level indices must be >= 0 (and < 32767)")
+        self.device = la.device
+        self.numel = la.numel()
+        self.sparse = (self.device.type == "cpu") if sparse is None else bool(sparse)
+        self.last_step = int(init_step)
+        dev = self.device
+        self._P = torch.tensor(_PRIMES, dtype=torch.int64, device=dev).view(2, 1)
+        self._B = torch.tensor(_BASES, dtype=torch.int64, device=dev).view(2, 1)
+        self.state: dict[str, torch.Tensor] = {}
+        for run, lev in zip(_RUNS, (la, lb)):
+            n = lev.numel()
+            h0 = (lev.to(torch.int32) + 1).unsqueeze(0).repeat(2, 1)  # hash of the 1-element sequence
+            st = {
+                "level": lev.clone(),
+                "prev": torch.full((n,), _NO_LEVEL, dtype=torch.int16, device=dev),
+                "count": torch.zeros(n, dtype=torch.int32, device=dev),
+                "hash": h0,
+                "osc": torch.zeros(n, dtype=torch.bool, device=dev),
+                "osc_total": torch.zeros((), dtype=torch.int64, device=dev),
+                "ccount": torch.zeros(n, dtype=torch.int32, device=dev),
+                "chash": h0.clone(),
+                "chash_before": h0.clone(),
+                "can_undo": torch.zeros(n, dtype=torch.bool, device=dev),
+            }
+            for k, v in st.items():
+                self.state[f"{run}.{k}"] = v
+        self.state["dist"] = torch.zeros(self.numel, dtype=torch.int64, device=dev)
+        self.state["cdist"] = torch.zeros(self.numel, dtype=torch.int64, device=dev)
+
+    # -- update -----------------------------------------------------------------------------
+
+    def _append_hash(self, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(h * B + v) mod P for both hashes; h int32 [2, n], v int64 [n] (level + 1)."""
+        return torch.remainder(h.to(torch.int64) * self._B + v, self._P).to(torch.int32)
+
+    def _step(self, st: dict[str, torch.Tensor], new: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One run's state after seeing levels ``new``: elementwise, on full or gathered tensors.
+
+        ``st`` maps the per-weight keys (``level``, ``prev``, ...) to tensors whose last dim is
+        the weights (all of them, or only the changed ones); returns the new values and the
+        number of oscillations added (0-dim).
+        """
+        level, prev, can_undo = st["level"], st["prev"], st["can_undo"]
+        changed = new != level
+        osc = changed & (new == prev)  # back to the level held before the previous change
+        undo = osc & can_undo  # compressed: pop the last appended change
+        append = changed & ~undo
+        v = new.to(torch.int64) + 1
+        h, ch, chb = st["hash"], st["chash"], st["chash_before"]
+        out = {
+            "level": torch.where(changed, new, level),
+            "prev": torch.where(changed, level, prev),
+            "count": st["count"] + changed,
+            "hash": torch.where(changed, self._append_hash(h, v), h),
+            "osc": st["osc"] | osc,
+            "ccount": st["ccount"] + append - undo.to(torch.int32),
+            "chash": torch.where(undo, chb, torch.where(append, self._append_hash(ch, v), ch)),
+            "chash_before": torch.where(append, ch, chb),
+            "can_undo": (can_undo & ~changed) | append,
+        }
+        return out, osc.sum()
+
+    def _update_run(self, run: str, new: torch.Tensor) -> None:
+        s = self.state
+        keys = _PER_RUN
+        if not self.sparse:
+            out, n_osc = self._step({k: s[f"{run}.{k}"] for k in keys}, new)
+            for k, v in out.items():
+                s[f"{run}.{k}"] = v
+        else:  # gather the (few) changed weights, step them, scatter back; syncs on nonzero()
+            idx = (new != s[f"{run}.level"]).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                return
+            out, n_osc = self._step({k: s[f"{run}.{k}"][..., idx] for k in keys}, new[idx])
+            for k, v in out.items():
+                s[f"{run}.{k}"][..., idx] = v
+        s[f"{run}.osc_total"].add_(n_osc)
+
+    @torch.no_grad()
+    def update(self, step: int, levels_a, levels_b) -> None:
+        """Record both runs' level indices at ``step`` (> the previous step)."""
+        step = int(step)
+        gap = step - self.last_step
+        if gap <= 0:
+            raise ValueError(f"steps must increase: got {step} after {self.last_step}")
+        la = _flat_levels(levels_a).to(self.device, non_blocking=True)
+        lb = _flat_levels(levels_b).to(self.device, non_blocking=True)
+        if la.numel() != self.numel or lb.numel() != self.numel:
+            raise ValueError(f"expected {self.numel} levels per run, got {la.numel()} and {lb.numel()}")
+        s = self.state
+        # Counting functions are constant on [last_step, step): integrate |N_a - N_b| over it.
+        s["dist"].add_((s["a.count"] - s["b.count"]).abs_().to(torch.int64), alpha=gap)
+        s["cdist"].add_((s["a.ccount"] - s["b.ccount"]).abs_().to(torch.int64), alpha=gap)
+        self._update_run("a", la)
+        self._update_run("b", lb)
+        self.last_step = step
+
+    # -- results ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+        num, den = num.to(torch.float64), den.to(torch.float64)
+        return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, _NAN))
+
+    @torch.no_grad()
+    def compute(self) -> dict[str, torch.Tensor]:
+        s = self.state
+        n = torch.tensor(self.numel, dtype=torch.int64, device=self.device)
+        same_level = s["a.level"] == s["b.level"]
+        agree = same_level & (s["a.count"] == s["b.count"]) & (s["a.hash"] == s["b.hash"]).all(0)
+        cagree = same_level & (s["a.ccount"] == s["b.ccount"]) & (s["a.chash"] == s["b.chash"]).all(0)
+        zero = torch.zeros((), dtype=torch.int64, device=self.device)
+        err_num = torch.where(agree, s["dist"], zero).sum()
+        err_den = torch.where(agree, s["a.count"].to(torch.int64), zero).sum()
+        cerr_num = torch.where(cagree, s["cdist"], zero).sum()
+        cerr_den = torch.where(cagree, s["a.ccount"].to(torch.int64), zero).sum()
+        out = {
+            "sequence_agreement": self._ratio(agree.sum(), n),
+            "sequence_agreement_compressed": self._ratio(cagree.sum(), n),
+            "changepoint_error": self._ratio(err_num, err_den),
+            "changepoint_error_compressed": self._ratio(cerr_num, cerr_den),
+        }
+        for run in _RUNS:
+            out[f"changes_{run}"] = s[f"{run}.count"].sum(dtype=torch.int64)
+            out[f"oscillations_{run}"] = s[f"{run}.osc_total"].clone()
+            out[f"oscillating_fraction_{run}"] = self._ratio(s[f"{run}.osc"].sum(), n)
+        return out
+
+    # -- checkpointing ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        sd = {k: v.clone() for k, v in self.state.items()}
+        sd["last_step"] = torch.tensor(self.last_step, dtype=torch.int64)
+        sd["hash_params"] = torch.tensor([*_PRIMES, *_BASES], dtype=torch.int64)
+        return sd
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        expected = set(self.state) | {"last_step", "hash_params"}
+        if set(sd) != expected:
+            raise ValueError(f"state dict keys differ: missing {sorted(expected - set(sd))}, "
+                             f"unexpected {sorted(set(sd) - expected)}")
+        if sd["hash_params"].tolist() != [*_PRIMES, *_BASES]:
+            raise ValueError("state dict was written with different hash parameters")
+        for k, v in self.state.items():
+            if sd[k].shape != v.shape or sd[k].dtype != v.dtype:
+                raise ValueError(f"state dict entry {k!r}: {tuple(sd[k].shape)} {sd[k].dtype}, "
+                                 f"expected {tuple(v.shape)} {v.dtype}")
+        for k, v in self.state.items():
+            v.copy_(sd[k])
+        self.last_step = int(sd["last_step"])
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, torch.Tensor], device=None, sparse: bool | None = None) -> "ChangePointTracker":
+        """A tracker restored from :meth:`state_dict` (on ``device``, default the saved one)."""
+        lev = sd["a.level"].to(device) if device is not None else sd["a.level"]
+        t = cls([lev], [lev], sparse=sparse)
+        t.load_state_dict(sd)
+        return t
