@@ -15,7 +15,6 @@ decides when to move them to the host.
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 
@@ -195,10 +194,16 @@ _RUNS = ("a", "b")
 _PER_RUN = ("level", "prev", "count", "hash", "osc", "ccount", "chash", "chash_before", "can_undo")
 
 
-def _flat_levels(levels) -> torch.Tensor:
-    if isinstance(levels, torch.Tensor):
-        return levels.reshape(-1).to(torch.int16)
-    return torch.cat([l.reshape(-1).to(torch.int16) for l in levels])
+def _flat_levels(levels, check: bool = False) -> torch.Tensor:
+    """One flat int16 tensor from a tensor or a list of per-layer tensors (``check``: range, syncs)."""
+    parts = [levels] if isinstance(levels, torch.Tensor) else list(levels)
+    if check:
+        for l in parts:
+            if l.is_floating_point() or l.is_complex():
+                raise TypeError(f"level indices must be integer tensors, got {l.dtype}")
+            if l.numel() and not (0 <= int(l.min()) and int(l.max()) < 2**15 - 1):
+                raise ValueError("level indices must be in [0, 32767)")
+    return torch.cat([l.reshape(-1).to(torch.int16) for l in parts])
 
 
 class ChangePointTracker:
@@ -208,8 +213,9 @@ class ChangePointTracker:
     shapes in both runs, values in ``[0, 32767)``, e.g. ``Grid.level_index``); then
     ``update(step, levels_a, levels_b)`` at strictly increasing steps (every step, or with gaps).
     All state lives on the device of ``init_levels_a``. ``sparse=False`` (the default off the
-    CPU) updates it with a fixed handful of elementwise kernels over all weights and two scalar
-    reductions: no host sync, no loop over weights. ``sparse=True`` (the default on the CPU, where
+    CPU) updates it with a fixed set of elementwise kernels over all weights (about 40 per run,
+    plus 8 for the error integral) and two scalar reductions: no host sync, no loop over weights.
+    Levels are not range-checked after construction (that would sync). ``sparse=True`` (the default on the CPU, where
     a sync is free) steps only the weights whose level changed (``nonzero`` + gather/scatter),
     which is much cheaper when few weights change per step; the results are identical.
 
@@ -252,7 +258,8 @@ class ChangePointTracker:
     count + 2 x int32 hash + bool oscillated + int32 compressed count + 2 x int32 compressed hash
     + 2 x int32 compressed hash before the last append + bool pop available) = 2 x 38 B, plus
     2 x int64 accumulated error (exact, compressed) = 92 bytes per weight (2.3 GB for ResNet-50's
-    25M weights), plus transient int64 temporaries during ``update``.
+    25M weights). A dense ``update`` also holds, transiently, one run's new state (38 B/weight) and a
+    few int64 temporaries (up to 16 B/weight each).
 
     ``state_dict()`` holds plain tensors only (including the last step), so a checkpoint restores
     the tracker exactly: ``load_state_dict`` into a tracker of the same size, or
@@ -260,12 +267,10 @@ class ChangePointTracker:
     """
 
     def __init__(self, init_levels_a, init_levels_b, init_step: int = 0, sparse: bool | None = None):
-        la = _flat_levels(init_levels_a)
-        lb = _flat_levels(init_levels_b).to(la.device)
+        la = _flat_levels(init_levels_a, check=True)
+        lb = _flat_levels(init_levels_b, check=True).to(la.device)
         if la.shape != lb.shape:
             raise ValueError(f"the two runs have different numbers of weights: {la.numel()} vs {lb.numel()}")
-        if la.numel() and (int(torch.minimum(la.min(), lb.min())) < 0):
-            raise ValueError("level indices must be >= 0 (and < 32767)")
         self.device = la.device
         self.numel = la.numel()
         self.sparse = (self.device.type == "cpu") if sparse is None else bool(sparse)

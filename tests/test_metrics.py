@@ -110,7 +110,7 @@ def test_pearson_nan_cases():
 # ---------------------------------------------------------------------------------------------
 
 
-def _track(seqs_a, seqs_b, steps=None, dtype=torch.int64, device="cpu", layers=None):
+def _track(seqs_a, seqs_b, steps=None, dtype=torch.int64, device="cpu", layers=None, sparse=None):
     """seqs_*: [n_weights][n_obs] levels, observation 0 = initial; steps: the update steps."""
     A = torch.tensor(seqs_a, dtype=dtype, device=device)
     B = torch.tensor(seqs_b, dtype=dtype, device=device)
@@ -122,7 +122,7 @@ def _track(seqs_a, seqs_b, steps=None, dtype=torch.int64, device="cpu", layers=N
             return [col]
         return [p.reshape(shape) for p, shape in zip(torch.split(col, [math.prod(s) for s in layers]), layers)]
 
-    tr = ChangePointTracker(split(A[:, 0]), split(B[:, 0]), init_step=steps[0])
+    tr = ChangePointTracker(split(A[:, 0]), split(B[:, 0]), init_step=steps[0], sparse=sparse)
     for t in range(1, T):
         tr.update(steps[t], split(A[:, t]), split(B[:, t]))
     return tr
@@ -403,10 +403,11 @@ def _assert_matches(m, ref):
             assert got == v, (k, got, v)  # exact, not approximate
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 @pytest.mark.parametrize("seed", range(8))
-def test_matches_brute_force_reference(seed):
+def test_matches_brute_force_reference(seed, sparse):
     A, B, steps = _random_case(seed)
-    m = _track(A, B, steps=steps).compute()
+    m = _track(A, B, steps=steps, sparse=sparse).compute()
     ref = _reference(A, B, steps)
     _assert_matches(m, ref)
     # sanity: the random cases exercise agreement, disagreement and oscillation
@@ -415,11 +416,21 @@ def test_matches_brute_force_reference(seed):
         assert ref["oscillations_a"] > 0
 
 
-def test_brute_force_small_cases_with_tiny_level_set():
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_brute_force_small_cases_with_tiny_level_set(sparse):
     # 2 levels: every change is an oscillation candidate
     for seed in range(5):
         A, B, steps = _random_case(100 + seed, n=30, T=25, n_levels=2)
-        _assert_matches(_track(A, B, steps=steps).compute(), _reference(A, B, steps))
+        _assert_matches(_track(A, B, steps=steps, sparse=sparse).compute(), _reference(A, B, steps))
+
+
+def test_dense_and_sparse_states_identical():
+    A, B, steps = _random_case(21)
+    d = _track(A, B, steps=steps, sparse=False).state_dict()
+    sp = _track(A, B, steps=steps, sparse=True).state_dict()
+    assert d.keys() == sp.keys()
+    for k in d:
+        assert torch.equal(d[k], sp[k]), k
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,14 +438,15 @@ def test_brute_force_small_cases_with_tiny_level_set():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_state_dict_round_trip_mid_sequence():
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_state_dict_round_trip_mid_sequence(sparse):
     A, B, steps = _random_case(7)
     At = torch.tensor(A)
     Bt = torch.tensor(B)
     full = _track(A, B, steps=steps)
     T, half = len(steps), len(steps) // 2
 
-    tr = ChangePointTracker([At[:, 0]], [Bt[:, 0]], init_step=steps[0])
+    tr = ChangePointTracker([At[:, 0]], [Bt[:, 0]], init_step=steps[0], sparse=sparse)
     for t in range(1, half):
         tr.update(steps[t], [At[:, t]], [Bt[:, t]])
     buf = io.BytesIO()
@@ -444,9 +456,10 @@ def test_state_dict_round_trip_mid_sequence():
     del tr
 
     # restore into a fresh tracker built from (any) init levels of the right size
-    tr2 = ChangePointTracker([torch.zeros(len(A), dtype=torch.long)], [torch.zeros(len(A), dtype=torch.long)])
+    z = torch.zeros(len(A), dtype=torch.long)
+    tr2 = ChangePointTracker([z], [z], sparse=sparse)
     tr2.load_state_dict(sd)
-    tr3 = ChangePointTracker.from_state_dict(sd)
+    tr3 = ChangePointTracker.from_state_dict(sd, sparse=not sparse)
     for tr_ in (tr2, tr3):
         assert tr_.last_step == steps[half - 1]
         for t in range(half, T):
@@ -487,9 +500,21 @@ def test_state_dtypes_are_small():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu_and_reference():
     A, B, steps = _random_case(11, n=200, T=60)
-    m = _track(A, B, steps=steps, dtype=torch.int16, device="cuda").compute()
-    assert all(v.device.type == "cuda" for v in m.values())
-    _assert_matches(m, _reference(A, B, steps))
+    ref = _reference(A, B, steps)
+    for sparse in (False, True):
+        tr = _track(A, B, steps=steps, dtype=torch.int16, device="cuda", sparse=sparse)
+        assert all(v.device.type == "cuda" for v in tr.state.values())
+        m = tr.compute()
+        assert all(v.device.type == "cuda" for v in m.values())
+        _assert_matches(m, ref)
+    # levels arriving from the CPU (int64) are moved to the state's device
+    At, Bt = torch.tensor(A), torch.tensor(B)
+    tr = ChangePointTracker([At[:, 0].cuda()], [Bt[:, 0].cuda()], init_step=steps[0])
+    for t in range(1, len(steps)):
+        tr.update(steps[t], [At[:, t]], [Bt[:, t]])
+    _assert_matches(tr.compute(), ref)
+    restored = ChangePointTracker.from_state_dict(tr.state_dict(), device="cpu")
+    _assert_matches(restored.compute(), ref)
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(300, 10, generator=g)
@@ -500,3 +525,39 @@ def test_cuda_matches_cpu_and_reference():
     for k in cpu:
         assert gpu[k].device.type == "cuda"
         assert gpu[k].item() == pytest.approx(cpu[k].item(), rel=1e-9, nan_ok=True), k
+
+
+def test_init_rejects_bad_levels():
+    ok = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError):
+        ChangePointTracker([torch.tensor([0, -1, 2])], [ok])
+    with pytest.raises(ValueError):
+        ChangePointTracker([ok], [torch.tensor([0, 40000, 2])])
+    with pytest.raises(TypeError):
+        ChangePointTracker([ok.float()], [ok])
+    with pytest.raises(ValueError):
+        ChangePointTracker([ok], [torch.zeros(4, dtype=torch.long)])
+
+
+def test_with_grid_level_index():
+    from qatrun.quant import Grid
+
+    grid = Grid("he_uniform", 2)
+    g = torch.Generator().manual_seed(0)
+    shapes = [(8, 4), (6, 4, 3, 3)]
+    w = [torch.randn(s, generator=g) * 0.5 for s in shapes]
+    m = [grid.init_range(x) for x in w]
+    lv = lambda ws: [grid.level_index(x, mi) for x, mi in zip(ws, m)]
+    tr = ChangePointTracker(lv(w), lv(w))
+    wa, wb = [x.clone() for x in w], [x.clone() for x in w]
+    for step in range(1, 30):
+        for xa, xb in zip(wa, wb):
+            d = 0.05 * torch.randn(xa.shape, generator=g)
+            xa += d
+            xb += d + 1e-3 * torch.randn(xa.shape, generator=g)
+        tr.update(step, lv(wa), lv(wb))
+    out = tr.compute()
+    n = sum(math.prod(s) for s in shapes)
+    assert tr.numel == n
+    assert 0.5 < out["sequence_agreement"].item() <= out["sequence_agreement_compressed"].item() <= 1.0
+    assert out["changes_a"].item() > 0

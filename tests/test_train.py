@@ -1,0 +1,107 @@
+"""End to end on MNIST subsets: invariants, the paper's predictions at small lr, outputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from qatrun.train import train
+from tests.conftest import TINY, make_cfg
+
+
+def run(tmp_path, name, *overrides):
+    return train(make_cfg(*overrides), tmp_path / name)
+
+
+@pytest.fixture(scope="module")
+def sgd_pairs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sgd")
+    small = ["optimizer.lr=0.005"]
+    return {
+        "auto": train(make_cfg(*small), d / "auto"),
+        "ste": train(make_cfg(*small, "pair.twin=ste"), d / "ste"),
+        "dir": d,
+    }
+
+
+def test_step0_invariants(sgd_pairs):
+    for key in ("auto", "ste"):
+        h = sgd_pairs[key]["history"]
+        ea = EventAccumulator(str(sgd_pairs["dir"] / key / "tb")).Reload()
+        first = ea.Scalars("pair/quantized_agreement")[0]
+        assert first.step == 0 and first.value == 1.0
+        assert ea.Scalars("pair/alignment_distance")[0].value == 0.0
+        assert len(h["log_step"]) == 4  # steps 5, 10, 15, 20
+
+
+def test_warped_sgd_pair_agrees_and_beats_unwarped_control(sgd_pairs):
+    auto, ste = sgd_pairs["auto"], sgd_pairs["ste"]
+    assert auto["twin_init"] == "mirror" and auto["twin_lr_factor"] == pytest.approx(0.609523, abs=1e-6)
+    assert ste["twin_init"] == "identity" and ste["twin_lr_factor"] == 1.0
+    assert auto["pair/quantized_agreement"] >= 0.99
+    assert auto["pair/alignment_error"] < ste["pair/alignment_error"]
+    assert auto["pair/quantized_agreement"] > ste["pair/quantized_agreement"]
+
+
+def test_adam_pair_is_unwarped(tmp_path):
+    s = run(tmp_path, "adam", "optimizer=adam", "optimizer.lr=1e-4", "trainer.changepoints=false")
+    assert s["twin_init"] == "identity" and s["twin_lr_factor"] == 1.0
+    assert s["alpha"] == pytest.approx(0.609523, abs=1e-6)
+    assert s["pair/quantized_agreement"] >= 0.99
+
+
+def test_event_file_and_summary(sgd_pairs):
+    d = sgd_pairs["dir"] / "auto"
+    ea = EventAccumulator(str(d / "tb"), size_guidance={"histograms": 0, "tensors": 0}).Reload()
+    tags = set(ea.Tags()["scalars"])
+    need = {"pair/quantized_agreement", "pair/alignment_error", "pair/inference_agreement", "est/loss", "twin/loss",
+            "est/test_acc", "twin/test_acc", "est/lr", "twin/lr", "layers/conv1/quantized_agreement",
+            "layers/conv2/quantized_agreement"}
+    assert need <= tags, need - tags
+    assert "layers/conv2/alignment_residual" in ea.Tags()["histograms"]
+    assert any("config" in t for t in ea.Tags()["tensors"])  # resolved config as text
+    summary = json.loads((d / "summary.json").read_text())
+    for key in ("pair/quantized_agreement", "pair/alignment_error", "pair/inference_agreement", "est/test_acc",
+                "alpha", "twin_lr_factor", "twin_init", "steps", "seed", "config"):
+        assert key in summary, key
+    assert summary["steps"] == 20 and summary["config"]["optimizer"]["lr"] == 0.005
+    # the twin's quantized weights train at alpha * lr (their own group), the estimator run's at lr
+    est_lr = {p.step: p.value for p in ea.Scalars("est/lr")}
+    twin_lr = {p.step: p.value for p in ea.Scalars("twin/lr")}
+    assert max(est_lr.values()) == pytest.approx(0.005, rel=0.2)
+    for step, v in est_lr.items():
+        assert twin_lr[step] == pytest.approx(0.609523 * v, rel=1e-5, abs=1e-12)
+
+
+def test_twin_lr_groups(cfg_factory, tmp_path):
+    from qatrun.pair import param_groups, resolve_twin
+    from qatrun import estimators
+
+    est = estimators.create("tanh", bits=2)
+    spec = resolve_twin("auto", est, optimizer_warps=True)
+    assert spec.init == "mirror" and spec.lr_factor == pytest.approx(est.alpha)
+    for mode, init, factor in [("warp_init", "mirror", 1.0), ("warp_lr", "identity", est.alpha),
+                               ("ste", "identity", 1.0), ("full", "mirror", est.alpha)]:
+        s = resolve_twin(mode, est, optimizer_warps=False)
+        assert (s.init, s.lr_factor) == (init, pytest.approx(factor))
+    with pytest.raises(ValueError, match="outside the paper's class"):
+        resolve_twin("auto", estimators.create("ewgs", bits=2), optimizer_warps=True)
+    with pytest.raises(ValueError, match="valid: auto, none"):
+        resolve_twin("nope", est, optimizer_warps=True)
+
+
+def test_multirun_one_summary_per_job(tmp_path):
+    cmd = [sys.executable, "-m", "qatrun", "-m", "optimizer=sgd,adam", "estimator.k=2.5,5.5",
+           *[t.replace("max_steps=20", "max_steps=4") for t in TINY], "trainer.changepoints=false",
+           f"hydra.sweep.dir={tmp_path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summaries = sorted(tmp_path.glob("*/summary.json"))
+    assert len(summaries) == 4
+    combos = {(json.loads(p.read_text())["config"]["optimizer"]["name"], json.loads(p.read_text())["config"]["estimator"]["k"])
+              for p in summaries}
+    assert combos == {("sgd", 2.5), ("sgd", 5.5), ("adam", 2.5), ("adam", 5.5)}
