@@ -261,9 +261,9 @@ class ChangePointTracker:
     25M weights). A dense ``update`` also holds, transiently, one run's new state (38 B/weight) and a
     few int64 temporaries (up to 16 B/weight each).
 
-    ``state_dict()`` holds plain tensors only (including the last step), so a checkpoint restores
-    the tracker exactly: ``load_state_dict`` into a tracker of the same size, or
-    ``ChangePointTracker.from_state_dict(sd)``.
+    ``state_dict()`` holds plain CPU tensors only (including the last step), so a checkpoint
+    restores the tracker exactly: ``load_state_dict`` into a tracker of the same size (copied to
+    its device), or ``ChangePointTracker.from_state_dict(sd, device=...)``.
     """
 
     def __init__(self, init_levels_a, init_levels_b, init_step: int = 0, sparse: bool | None = None):
@@ -401,7 +401,8 @@ class ChangePointTracker:
     # -- checkpointing ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        sd = {k: v.clone() for k, v in self.state.items()}
+        """Plain tensors, always copied to the CPU (no device-memory duplicate; syncs)."""
+        sd = {k: v.detach().to("cpu", copy=True) for k, v in self.state.items()}
         sd["last_step"] = torch.tensor(self.last_step, dtype=torch.int64)
         sd["hash_params"] = torch.tensor([*_PRIMES, *_BASES], dtype=torch.int64)
         return sd
@@ -423,7 +424,7 @@ class ChangePointTracker:
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, torch.Tensor], device=None, sparse: bool | None = None) -> "ChangePointTracker":
-        """A tracker restored from :meth:`state_dict` (on ``device``, default the saved one)."""
+        """A tracker restored from :meth:`state_dict` on ``device`` (default: where ``sd`` lies)."""
         lev = sd["a.level"].to(device) if device is not None else sd["a.level"]
         t = cls([lev], [lev], sparse=sparse)
         t.load_state_dict(sd)

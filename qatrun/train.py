@@ -122,7 +122,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
         models = [m.to(memory_format=torch.channels_last) for m in models]
 
     steps = cfg.trainer.max_steps if cfg.trainer.max_steps is not None else cfg.trainer.epochs * data.steps_per_epoch
-    ckpt.check_positive({"trainer.steps": steps, "optimizer.lr": cfg.optimizer.lr, "trainer.log_every": cfg.trainer.log_every,
+    steps_key = "trainer.max_steps" if cfg.trainer.max_steps is not None else "trainer.epochs"
+    ckpt.check_positive({steps_key: steps, "optimizer.lr": cfg.optimizer.lr, "trainer.log_every": cfg.trainer.log_every,
                          "trainer.eval_every": cfg.trainer.eval_every, "trainer.checkpoint_every": cfg.trainer.checkpoint_every})
     lr = cfg.optimizer.lr
     optims = [build_optimizer(cfg.optimizer, param_groups(est_model, lr))]
@@ -144,6 +145,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
                "est/test_loss": [], "twin/test_loss": [], "est/test_acc": [], "twin/test_acc": [],
                "pair/quantized_agreement": [], "pair/alignment_error": []}
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("resume", None)  # where a run continues is not part of what it computes
     start = 0
     state = ckpt.load_if_present(run_dir, resolved)
     if state is not None:

@@ -513,8 +513,13 @@ def test_cuda_matches_cpu_and_reference():
     for t in range(1, len(steps)):
         tr.update(steps[t], [At[:, t]], [Bt[:, t]])
     _assert_matches(tr.compute(), ref)
-    restored = ChangePointTracker.from_state_dict(tr.state_dict(), device="cpu")
+    sd = tr.state_dict()
+    assert all(v.device.type == "cpu" for v in sd.values())
+    restored = ChangePointTracker.from_state_dict(sd, device="cpu")
     _assert_matches(restored.compute(), ref)
+    restored_gpu = ChangePointTracker.from_state_dict(sd, device="cuda")
+    assert restored_gpu.device.type == "cuda" and not restored_gpu.sparse
+    _assert_matches(restored_gpu.compute(), ref)
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(300, 10, generator=g)

@@ -17,14 +17,14 @@ class MnistData:
 
     num_classes = 10
 
-    def __init__(self, root, device, batch_size, eval_batch_size, train_subset, test_subset, mean, std):
+    def __init__(self, root, device, batch_size, eval_batch_size, train_subset, test_subset, mean, std, download=True):
         for key, v in (("dataset.batch_size", batch_size), ("dataset.eval_batch_size", eval_batch_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{key} must be a positive integer, got {v!r}")
         for key, v in (("dataset.train_subset", train_subset), ("dataset.test_subset", test_subset)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{key} must be a positive integer or null (all), got {v!r}")
-        d = load_mnist(root, device)
+        d = load_mnist(root, device, download)
         self.device = torch.device(device)
         self.train_x, self.train_y = d["train_x"][:train_subset], d["train_y"][:train_subset]
         self.test_x, self.test_y = d["test_x"][:test_subset], d["test_y"][:test_subset]
@@ -71,7 +71,7 @@ class SyntheticData:
 
 def _mnist(cfg, device, seed):
     return MnistData(cfg.root, device, cfg.batch_size, cfg.eval_batch_size, cfg.train_subset, cfg.test_subset,
-                     cfg.mean, cfg.std)
+                     cfg.mean, cfg.std, cfg.download)
 
 
 def _synthetic(cfg, device, seed):

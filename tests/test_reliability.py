@@ -1,0 +1,197 @@
+"""Exact resume after SIGKILL, determinism, and one-line errors for bad input (issue 5)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from qatrun.checkpoint import CheckpointError, load
+from qatrun.train import train
+from tests.conftest import TINY, make_cfg
+
+CLI = [sys.executable, "-m", "qatrun"]
+# Long enough to be killed mid-run: 40 steps, checkpoints every 5.
+KILLABLE = [t for t in TINY if "max_steps" not in t and "checkpoint_every" not in t] + [
+    "trainer.max_steps=40", "trainer.checkpoint_every=5"]
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def user_error(out) -> str:
+    """A user error: non-zero exit, one line on stderr starting 'qatrun: error:', no traceback."""
+    assert out.returncode != 0, out.stdout[-500:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    lines = [l for l in out.stderr.splitlines() if l.startswith("qatrun: error:")]
+    assert len(lines) == 1, out.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ref") / "run"
+    out = cli(*KILLABLE, f"hydra.run.dir={d}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return d
+
+
+def test_same_seed_same_summary(reference, tmp_path):
+    out = cli(*KILLABLE, f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "summary.json").read_bytes() == (reference / "summary.json").read_bytes()
+
+
+def test_other_seed_differs(reference, tmp_path):
+    s = train(make_cfg(*KILLABLE[:-2], "trainer.max_steps=40", "seed=1"), tmp_path)
+    ref = json.loads((reference / "summary.json").read_text())
+    assert s["est/test_loss"] != ref["est/test_loss"]
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_sigkill_then_resume_is_bitwise_identical(reference, tmp_path, trial):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([*CLI, *KILLABLE, f"hydra.run.dir={run_dir}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = run_dir / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    # A random moment after the first checkpoint: mid-step, mid-eval or mid-checkpoint-write.
+    time.sleep(random.Random(trial).uniform(0.0, 2.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "summary.json").exists() or proc.returncode == 0
+    step = load(ckpt)["step"]
+    out = cli(*KILLABLE, f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'hydra'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (run_dir / "summary.json").read_bytes() == (reference / "summary.json").read_bytes(), f"killed after step {step}"
+    ea = EventAccumulator(str(run_dir / "tb")).Reload()
+    for tag in ("pair/quantized_agreement", "est/loss", "est/test_acc"):
+        steps = [e.step for e in ea.Scalars(tag)]
+        ref_steps = [e.step for e in EventAccumulator(str(reference / "tb")).Reload().Scalars(tag)]
+        assert steps == ref_steps, (tag, step)  # no duplicated, no missing points
+
+
+def test_resume_refuses_changed_math(reference, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(reference, run_dir)
+    line = user_error(cli(*KILLABLE, "optimizer.lr=0.2", "estimator.k=3.0", f"resume={run_dir}",
+                          f"hydra.run.dir={tmp_path / 'h'}"))
+    assert "config differs" in line and "estimator.k" in line and "optimizer.lr" in line
+
+
+def test_corrupt_checkpoints(reference, tmp_path):
+    good = (reference / "checkpoint.pt").read_bytes()
+    cases = {"truncated": good[: len(good) // 2], "garbage": b"not a checkpoint at all" * 10}
+    for name, blob in cases.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "checkpoint.pt").write_bytes(blob)
+        with pytest.raises(CheckpointError, match="unreadable"):
+            load(d / "checkpoint.pt")
+    d = tmp_path / "pickled"
+    d.mkdir()
+    torch.save({"format": "something-else"}, d / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="not a qatrun checkpoint"):
+        load(d / "checkpoint.pt")
+    line = user_error(cli(*KILLABLE, f"resume={tmp_path / 'truncated'}", f"hydra.run.dir={tmp_path / 'h'}"))
+    assert "unreadable" in line
+    assert (tmp_path / "truncated" / "checkpoint.pt").read_bytes() == cases["truncated"]  # nothing overwritten
+
+
+def test_checkpoint_from_another_model(tmp_path):
+    from qatrun import checkpoint as ck
+
+    cfg = make_cfg("trainer.max_steps=2")
+    train(cfg, tmp_path)
+    state = load(tmp_path / "checkpoint.pt")
+    state["models"][0] = {"weird.weight": torch.zeros(3)}
+    with pytest.raises(CheckpointError, match="another model"):
+        ck.restore(state, [torch.nn.Linear(2, 2)], [], [], None, None, {})
+
+
+BAD = [
+    (["estimator.name=dsq"], "valid estimators: custom, ewgs, pwl, ste, tanh"),
+    (["optimizer.name=lion"], "valid optimizers: adam, adamw, sgd"),
+    (["model.name=vgg"], "valid models"),
+    (["dataset.name=cifar"], "valid datasets"),
+    (["estimator.bits=9"], "bits must be an integer from 1 to 8"),
+    (["estimator.bits=0"], "bits must be an integer from 1 to 8"),
+    (["estimator.k=-1"], "k must be a positive"),
+    (["optimizer.lr=-0.1"], "optimizer.lr must be a positive"),
+    (["dataset.batch_size=0"], "dataset.batch_size must be a positive integer"),
+    (["trainer.max_steps=0"], "trainer.steps must be positive"),
+    (["trainer.max_steps=null", "trainer.epochs=0"], "trainer.steps must be positive"),
+    (["estimator=ewgs", "pair.twin=auto"], "outside the paper's class"),
+    (["pair.twin=mirror"], "valid: auto, none"),
+    (["estimator=custom", "estimator.shape=no_such_pkg.fn"], "cannot import module"),
+    (["estimator=custom", "estimator.shape=tests.test_reliability.bad_shape"], "tensor shaped like its input"),
+    (["device=tpu"], "device must be auto, cpu or cuda"),
+]
+
+
+def bad_shape(u):
+    return u.sum()
+
+
+@pytest.mark.parametrize("overrides,message", BAD)
+def test_bad_input_one_line_error(tmp_path, overrides, message):
+    (tmp_path / "keep.txt").write_text("results so far")
+    line = user_error(cli(*TINY, *overrides, f"hydra.run.dir={tmp_path}", timeout=120))
+    assert message in line
+    assert (tmp_path / "keep.txt").read_text() == "results so far"
+
+
+def test_unknown_config_group_option_lists_choices(tmp_path):
+    out = cli(*TINY, "estimator=dsq", f"hydra.run.dir={tmp_path}")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "Available options" in out.stderr and "tanh" in out.stderr
+
+
+def test_dataset_root_problems(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = user_error(cli(*TINY, f"dataset.root={empty}", "dataset.download=false", f"hydra.run.dir={tmp_path / 'a'}"))
+    assert "MNIST is not available" in line and "train-images-idx3-ubyte" in line
+    bad = tmp_path / "bad" / "MNIST" / "raw"
+    bad.mkdir(parents=True)
+    from qatrun.data.mnist import FILES, default_root, raw_dir
+
+    for name, _ in FILES.values():
+        (bad / name).write_bytes((raw_dir(os.environ.get("QATRUN_DATA_ROOT", default_root())) / name).read_bytes()
+                                 if False else b"\x00\x00\x08\x03" + b"\x00" * 20)
+    line = user_error(cli(*TINY, f"dataset.root={tmp_path / 'bad'}", f"hydra.run.dir={tmp_path / 'b'}"))
+    assert "train-images-idx3-ubyte" in line or "t10k" in line
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    line = user_error(cli(*TINY, "optimizer.lr=1e30", "trainer.warmup_frac=0", f"hydra.run.dir={tmp_path}"))
+    assert "NaN or Inf at step" in line and "est run" in line
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_unwritable_output_dir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "old.txt").write_text("x")
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores permission bits: use a path under a file instead
+            target = ro / "old.txt" / "run"
+        else:
+            target = ro / "run"
+        line = user_error(cli(*TINY, f"hydra.run.dir={target}"))
+        assert "cannot be written" in line or "cannot" in line
+    finally:
+        ro.chmod(0o755)

@@ -1,0 +1,216 @@
+"""qatrun-report on synthetic run directories (no training): figures, table, lr law, CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from qatrun import report
+
+LRS = [0.001, 0.003, 0.01, 0.03, 0.1]
+FACTORS = {0: 0.9, 1: 1.1}  # per-seed multiplicative noise; the seed mean is the exact power law
+FIGS = ["curves", "agreement", "alignment_scatter", "movement_scatter"]
+
+
+def config(opt="sgd", lr=0.01, twin="auto", seed=0):
+    opt_cfg = ({"name": "sgd", "lr": lr, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "twin_warp": True}
+               if opt == "sgd" else
+               {"name": "adam", "lr": lr, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0, "twin_warp": False})
+    return {"seed": seed, "device": "auto", "optimizer": opt_cfg,
+            "estimator": {"name": "tanh", "bits": 2, "grid": "he_uniform", "k": None},
+            "pair": {"twin": twin, "twin_lr_scale": 1.0}, "model": {"name": "small_cnn", "kwargs": {}},
+            "trainer": {"max_steps": 30, "eval_every": 15, "log_every": 10, "progress": False}}
+
+
+def write_run(d, *, opt="sgd", lr=0.01, twin="auto", seed=0, qa=0.99, ae=0.1, acc=0.9, weights=True, n=400):
+    d.mkdir(parents=True)
+    (d / ".hydra").mkdir()
+    (d / ".hydra" / "overrides.yaml").write_text(f"- optimizer.lr={lr}\n- seed={seed}\n")
+    s = {"steps": 30, "seed": seed, "estimator": "tanh", "twin": twin, "alpha": 0.6095,
+         "twin_lr_factor": 0.6095 if (opt == "sgd" and twin == "auto") else 1.0,
+         "twin_init": "mirror" if (opt == "sgd" and twin == "auto") else "identity",
+         "est/test_acc": acc, "est/loss": 0.5,
+         "history": {"log_step": [10, 20, 30], "est/loss": [1.5, 1.0, 0.5],
+                     "eval_step": [0, 15, 30], "est/test_loss": [2.3, 1.2, 0.6], "est/test_acc": [0.1, 0.7, acc]},
+         "config": config(opt, lr, twin, seed)}
+    if twin != "none":
+        s.update({"pair/quantized_agreement": qa, "pair/alignment_error": ae, "pair/sequence_agreement": qa - 0.001,
+                  "pair/sequence_agreement_compressed": qa, "pair/changepoint_error": 0.7,
+                  "pair/changepoint_error_compressed": 1.2, "pair/inference_agreement": 0.95,
+                  "pair/logit_mse": 0.25, "pair/corr_train_loss": 0.99, "pair/corr_test_loss": None,
+                  "pair/corr_test_acc": 0.999, "twin/test_acc": acc + 0.01, "twin/loss": 0.55})
+        s["history"].update({"twin/loss": [1.6, 1.1, 0.55], "twin/test_loss": [2.3, 1.3, 0.65],
+                             "twin/test_acc": [0.1, 0.68, acc + 0.01], "pair/quantized_agreement": [1.0, 0.995, qa],
+                             "pair/alignment_error": [0.0, ae / 2, ae]})
+    (d / "summary.json").write_text(json.dumps(s))
+    if weights and twin != "none":
+        g = torch.Generator().manual_seed(seed)
+        m = torch.full((n,), 0.14)
+        est0 = (torch.rand(n, generator=g) * 2 - 1) * m
+        est = est0 + 0.02 * torch.randn(n, generator=g)
+        twin_w = est + 0.005 * torch.randn(n, generator=g)
+        torch.save({"est0": est0, "twin0": est0.clone(), "est": est, "twin": twin_w, "est_mapped": est * 1.01, "m": m},
+                   d / "weights_sample.pt")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A multirun-like tree: an SGD pair with 2 seeds, an Adam pair without a weight sample (NaN in one
+    metric), an unpaired (twin=none) run and an unfinished job; report written by the CLI."""
+    root = tmp_path_factory.mktemp("multirun")
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    for seed, f in FACTORS.items():
+        write_run(root / str(seed), lr=0.01, seed=seed, qa=1 - 0.1 * 0.01 * f, ae=2 * 0.01**0.5 * f, acc=0.90 + 0.02 * seed)
+    write_run(root / "2", opt="adam", lr=0.001, twin="ste", qa=0.98, ae=float("nan"), weights=False)
+    write_run(root / "3", lr=0.03, twin="none")
+    (root / "4" / ".hydra").mkdir(parents=True)  # unfinished job
+    (root / "4" / ".hydra" / "overrides.yaml").write_text("- seed=3\n")
+    out = tmp_path_factory.mktemp("report")
+    assert report.main([str(root), "--out", str(out)]) == 0
+    return root, out
+
+
+@pytest.fixture(scope="module")
+def law(tmp_path_factory):
+    """A 5-lr x 2-seed SGD family with power-law errors (seed mean exact) and a 1-lr Adam pair."""
+    root = tmp_path_factory.mktemp("sweep")
+    for i, lr in enumerate(LRS):
+        for seed, f in FACTORS.items():
+            write_run(root / f"{i}_{seed}", lr=lr, seed=seed, qa=1 - 0.1 * lr * f, ae=2 * lr**0.5 * f, weights=False)
+    write_run(root / "adam", opt="adam", lr=0.001, qa=0.98, ae=0.1, weights=False)
+    out = tmp_path_factory.mktemp("law_report")
+    assert report.main([str(root), "--out", str(out), "--no-pairs"]) == 0
+    return json.loads((out / "lr_law.json").read_text()), out
+
+
+def test_pair_figures_exist(tree):
+    _, out = tree
+    pairs = out / "pairs"
+    for seed in FACTORS:
+        for name in FIGS:
+            for ext in ("png", "pdf"):
+                p = pairs / f"sgd_auto_lr=0.01_seed={seed}" / f"{name}.{ext}"
+                assert p.exists() and p.stat().st_size > 0, p
+    # no weight sample: only the curve figures; twin=none: nothing, but noted
+    assert sorted(p.name for p in (pairs / "adam_ste_lr=0.001_seed=0").iterdir()) == [
+        "agreement.pdf", "agreement.png", "curves.pdf", "curves.png"]
+    assert not (pairs / "sgd_none_lr=0.03_seed=0").exists()
+    notes = json.loads((out / "summary.json").read_text())["notes"]
+    assert any("sgd none" in n and "skipped" in n for n in notes)
+    assert any("weights_sample.pt" in n for n in notes)
+    assert any("without summary.json" in n for n in notes)
+    assert any("lr_law figure skipped" in n for n in notes)  # no family with 3 lrs here
+    assert json.loads((out / "lr_law.json").read_text()) == {}
+
+
+def test_table(tree):
+    _, out = tree
+    lines = (out / "table.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| Comparison"))
+    for _, head, _ in report.COLUMNS:
+        assert f"| {head} |" in header
+    assert header.endswith("| n seeds |")
+    heads = ["Comparison"] + [h for _, h, _ in report.COLUMNS] + ["n seeds"]
+    rows = {}
+    for r in lines[lines.index(header) + 2:]:
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(heads, cells))
+    assert sorted(rows) == ["adam ste lr=0.001", "sgd auto lr=0.01", "sgd none lr=0.03"]
+    row = rows["sgd auto lr=0.01"]
+    assert row["n seeds"] == "2"
+    assert row["Est. accuracy"] == "0.9100 ± 0.0141"  # 0.90, 0.92: sample std 0.01414
+    ae = [2 * 0.01**0.5 * f for f in FACTORS.values()]
+    assert row["Alignment error"] == f"{np.mean(ae):#.3g} ± {np.std(ae, ddof=1):#.3g}" == "0.200 ± 0.0283"
+    assert row["Quantized agreement"] == "0.9990 ± 0.0001"
+    assert row["Corr. test loss"] == "—"  # null in every seed
+    adam = rows["adam ste lr=0.001"]
+    assert adam["n seeds"] == "1" and adam["Quantized agreement"] == "0.9800" and adam["Alignment error"] == "—"
+    none = rows["sgd none lr=0.03"]
+    assert none["Quantized agreement"] == "—" and none["Est. accuracy"] == "0.9000"
+
+
+def test_csv_and_summary(tree):
+    _, out = tree
+    csv_lines = (out / "table.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("comparison,n_seeds,pair/quantized_agreement_mean,pair/quantized_agreement_std")
+    assert len(csv_lines) == 1 + 3
+    summ = json.loads((out / "summary.json").read_text())
+    comp = next(c for c in summ["comparisons"] if c["label"] == "sgd auto lr=0.01")
+    assert comp["seeds"] == [0, 1] and comp["n_seeds"] == 2
+    assert comp["metrics"]["pair/quantized_agreement"]["mean"] == pytest.approx(1 - 0.1 * 0.01)
+    assert comp["metrics"]["pair/alignment_error"]["min"] == pytest.approx(2 * 0.01**0.5 * 0.9)
+
+
+def test_lr_law_slope(law):
+    data, out = law
+    assert list(data) == ["warped SGD (auto)"]  # the Adam family has a single lr: skipped
+    fam = data["warped SGD (auto)"]
+    assert fam["lr"] == LRS and fam["n_seeds"] == [2] * 5
+    assert fam["disagreement"]["slope"] == pytest.approx(1.0, abs=1e-6)
+    assert 10 ** fam["disagreement"]["intercept"] == pytest.approx(0.1, rel=1e-6)
+    assert fam["alignment_error"]["slope"] == pytest.approx(0.5, abs=1e-6)
+    assert fam["disagreement"]["min"][0] == pytest.approx(0.1 * 0.001 * 0.9)
+    for ext in ("png", "pdf"):
+        assert (out / f"lr_law.{ext}").stat().st_size > 0
+    assert not (out / "pairs").exists()  # --no-pairs
+    assert len((out / "table.md").read_text().splitlines()) == 4 + len(LRS) + 1
+
+
+def test_lr_law_zero_disagreement_is_clipped(tmp_path):
+    for i, (lr, qa) in enumerate([(1e-4, 1.0), (1e-3, 1 - 1e-3), (1e-2, 1 - 1e-2)]):
+        write_run(tmp_path / "runs" / str(i), opt="adam", lr=lr, twin="auto", qa=qa, ae=lr, weights=False)
+    res = report.report([tmp_path / "runs"], tmp_path / "out", formats=["png"], pair_figs=False)
+    fam = res["lr_law"]["unwarped Adam (auto)"]
+    assert fam["disagreement"]["mean"][0] == 0.0
+    assert fam["disagreement"]["slope"] == pytest.approx(1.0, abs=1e-6)  # fitted on the two non-zero points
+    assert (tmp_path / "out" / "lr_law.png").stat().st_size > 0
+
+
+def test_label_by_and_family_by(tmp_path):
+    for i, lr in enumerate([0.01, 0.02, 0.04]):
+        write_run(tmp_path / "runs" / str(i), lr=lr, qa=1 - lr, ae=lr, weights=False)
+    out = tmp_path / "out"
+    assert report.main([str(tmp_path / "runs"), "--out", str(out), "--formats", "png",
+                        "--label-by", "optimizer.lr", "estimator.bits", "--family-by", "optimizer.name"]) == 0
+    table = (out / "table.md").read_text()
+    assert "| lr=0.01 bits=2 |" in table and "| lr=0.04 bits=2 |" in table
+    assert (out / "pairs" / "lr=0.02_bits=2_seed=0" / "curves.png").exists()
+    assert not list(out.rglob("*.pdf"))
+    assert json.loads((out / "lr_law.json").read_text())["warped SGD (auto)"]["disagreement"]["slope"] == \
+        pytest.approx(1.0, abs=1e-6)
+
+
+def test_no_runs(tmp_path, capsys):
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "no summary.json" in capsys.readouterr().err
+
+
+def test_labels_and_cells():
+    sgd = {"optimizer.name": "sgd", "optimizer.momentum": 0.9, "optimizer.twin_warp": True, "pair.twin": "auto",
+           "optimizer.lr": 0.03, "estimator.name": "tanh", "estimator.bits": 2}
+    adam = {"optimizer.name": "adam", "optimizer.betas": "[0.9, 0.95]", "optimizer.twin_warp": False,
+            "pair.twin": "auto", "optimizer.lr": 0.001, "estimator.name": "tanh", "estimator.bits": 2}
+    # optimizer-specific keys don't leak into labels; the lr does; estimator only when it differs
+    assert report.make_labels([sgd, adam]) == ["sgd auto lr=0.03", "adam auto lr=0.001"]
+    assert report.make_labels([sgd, {**sgd, "estimator.bits": 4}]) == ["sgd auto bits=2", "sgd auto bits=4"]
+    assert report.make_labels([sgd, dict(sgd)]) == ["sgd auto", "sgd auto #2"]
+    st = report.stats([0.5, float("nan"), None, 0.7])
+    assert st["n"] == 2 and st["mean"] == pytest.approx(0.6) and st["std"] == pytest.approx(math.sqrt(0.02))
+    assert report.cell(st, "frac") == "0.6000 ± 0.1414" and report.cell(st, "err") == "0.600 ± 0.141"
+    assert report.cell(report.stats([]), "err") == "—"
+    assert report.clean({"a": float("nan"), "b": np.float32(1.5)}) == {"a": None, "b": 1.5}
+
+
+def test_schema_drift_does_not_split_groups(tmp_path):
+    """A key added to the config mid-sweep (present in some runs, one value) must not split a family."""
+    for i, lr in enumerate([0.01, 0.02, 0.04]):
+        write_run(tmp_path / "runs" / str(i), lr=lr, qa=1 - lr, ae=lr, weights=False)
+        if i:
+            s = json.loads((tmp_path / "runs" / str(i) / "summary.json").read_text())
+            s["config"]["experiment_name"] = "default"
+            (tmp_path / "runs" / str(i) / "summary.json").write_text(json.dumps(s))
+    res = report.report([tmp_path / "runs"], tmp_path / "out", formats=["png"], pair_figs=False)
+    assert list(res["lr_law"]) == ["warped SGD (auto)"]
+    assert [c["label"] for c in res["comparisons"]] == ["sgd auto lr=0.01", "sgd auto lr=0.02", "sgd auto lr=0.04"]
