@@ -14,6 +14,7 @@ SHOWN = ("pair/quantized_agreement", "pair/alignment_error", "pair/sequence_agre
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def _main(cfg: DictConfig) -> float | None:
+    from qatrun import dist
     from qatrun.train import TrainingError, train  # imported late: --help stays fast
 
     run_dir = cfg.resume or HydraConfig.get().runtime.output_dir
@@ -22,6 +23,10 @@ def _main(cfg: DictConfig) -> float | None:
     except (ValueError, TrainingError) as exc:  # user errors: one line, no traceback
         print(f"qatrun: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        dist.teardown()
+    if not dist.is_main():
+        return None
     print(f"\nrun directory: {run_dir}")
     for key in SHOWN:
         if key in summary:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from qatrun import checkpoint as ckpt
+from qatrun import dist
 from qatrun import estimators
 from qatrun.data import build_data
 from qatrun.layers import quant_layers, quantize_model
@@ -108,10 +109,12 @@ def autocast(precision: str, device: torch.device):
 def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     """Train the pair described by ``cfg``; write TensorBoard events, checkpoints and summary.json."""
     run_dir = Path(run_dir)
-    ckpt.check_writable(run_dir)
+    main = dist.is_main()  # under torchrun only rank 0 measures, logs and writes
+    if main:
+        ckpt.check_writable(run_dir)
     set_determinism(cfg.deterministic)
-    device = select_device(cfg.device)
-    data = build_data(cfg.dataset, device=device, seed=cfg.seed)
+    device = dist.setup(cfg.device) or select_device(cfg.device)
+    data = build_data(cfg.dataset, device, cfg.seed, dist.world(), dist.rank())
 
     est_model, est = build_run(cfg.model, cfg.estimator, data.num_classes, cfg.seed, device)
     spec = resolve_twin(cfg.pair.twin, est, cfg.optimizer.twin_warp, cfg.pair.twin_lr_scale)
@@ -134,12 +137,12 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     runs = ["est", "twin"][: len(models)]
 
     layers = [quant_layers(m) for m in models]
-    comparer = WeightComparer(layers[0], layers[1], spec.init == "mirror") if len(models) == 2 else None
+    comparer = WeightComparer(layers[0], layers[1], spec.init == "mirror") if len(models) == 2 and main else None
     tracker = None
     if comparer is not None and cfg.trainer.changepoints:
         tracker = ChangePointTracker(levels(layers[0]), levels(layers[1]))
     weights0 = [[l.weight.detach().clone() for _, l in ls] for ls in layers]
-    step_fns = [compile_step(m, o, s, cfg) for m, o, s in zip(models, optims, scheds)]
+    step_fns = [compile_step(dist.wrap(m, device), o, s, cfg) for m, o, s in zip(models, optims, scheds)]
 
     history = {"log_step": [], "est/loss": [], "twin/loss": [], "eval_step": [],
                "est/test_loss": [], "twin/test_loss": [], "est/test_acc": [], "twin/test_acc": [],
@@ -151,8 +154,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     if state is not None:
         start = ckpt.restore(state, models, optims, scheds, comparer, tracker, history)
         weights0 = state["weights0"]
-    tb = TBLogger(str(run_dir / "tb"), purge_step=start + 1 if start else None)
-    if start == 0:
+    tb = TBLogger(str(run_dir / "tb"), purge_step=start + 1 if start else None) if main else None
+    if start == 0 and main:
         tb.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "\n```")
         first = log_step(0, comparer, None, [sched.get_last_lr() for sched in scheds], runs, tb, history)
         if comparer is not None and not (first["pair/quantized_agreement"] == 1.0 and first["pair/alignment_distance"] == 0.0):
@@ -164,7 +167,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
 
     loss_sums = torch.zeros(len(models), device=device)
     first_bad = torch.full((len(models),), -1, dtype=torch.long, device=device)
-    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not cfg.trainer.progress,
+    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not (cfg.trainer.progress and main),
                desc=f"{est.name} vs {spec.mode}", dynamic_ncols=True)
     t0, since = time.time(), 0
     for step in bar:
@@ -181,18 +184,22 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
         done = step + 1
         if done % cfg.trainer.log_every == 0 or done == steps:
             ckpt.check_finite(first_bad, runs, run_dir)
-            means = (loss_sums / since).tolist()
+            means = dist.mean(loss_sums / since).tolist()  # the global batch's loss under torchrun
             loss_sums.zero_()
             since = 0
-            figs = log_step(done, comparer, means, [s.get_last_lr() for s in scheds], runs, tb, history)
-            bar.set_postfix({f"{r}_loss": f"{v:.3f}" for r, v in zip(runs, means)}
-                            | ({"agree": f"{figs['pair/quantized_agreement']:.4f}"} if comparer else {}))
-        if done % cfg.trainer.eval_every == 0 or done == steps:
+            if main:
+                figs = log_step(done, comparer, means, [s.get_last_lr() for s in scheds], runs, tb, history)
+                bar.set_postfix({f"{r}_loss": f"{v:.3f}" for r, v in zip(runs, means)}
+                                | ({"agree": f"{figs['pair/quantized_agreement']:.4f}"} if comparer else {}))
+        if main and (done % cfg.trainer.eval_every == 0 or done == steps):
             log_eval(done, models, data, cfg, comparer, tb, history)
         if done % cfg.trainer.checkpoint_every == 0 or done == steps:
             ckpt.check_finite(first_bad, runs, run_dir)
-            ckpt.save(run_dir, done, resolved, models, optims, scheds, comparer, tracker, history, weights0)
+            if main:
+                ckpt.save(run_dir, done, resolved, models, optims, scheds, comparer, tracker, history, weights0)
     bar.close()
+    if not main:
+        return {}
 
     summary = final_summary(cfg, resolved, steps, est, spec, models, data, comparer, tracker, history)
     tb.hparams(hparam_view(cfg), {k: v for k, v in summary.items() if "/" in k})

@@ -33,6 +33,8 @@ def test_cli_writes_every_field(tmp_path, capsys):
     r = d["cases"]["cpu-small"]
     assert r["case"]["batch"] == 8 and r["case"]["model"] == "small_cnn" and r["device_name"]
     assert (r["warmup"], r["steps_per_round"], r["rounds"], r["log_every"]) == (2, 2, 1, 2)
+    assert r["interleave"] == "step" and set(r["loadavg_1min"]) == {"before", "after"}
+    assert all(_pos_finite(v) for v in r["ratios_from_min"].values()) and r["wall_s"] > 0
     assert set(r["ms_per_step"]) == {"plain", "single", "pair"}
     for name, ms in r["ms_per_step"].items():
         assert _pos_finite(ms), name
@@ -73,7 +75,9 @@ def test_pair_trains_both_runs_in_lockstep(tiny_case):
     iterations = 2 + 2 + 1  # warm-up, timed, memory pass
     assert pair.step == iterations and pair.tracker.last_step == iterations
     assert pair.spec.init == "mirror" and pair.spec.lr_factor == pytest.approx(0.609523, abs=1e-6)
-    assert pair.optimizers[1].param_groups[0]["lr"] == pytest.approx(0.05 * 0.609523, rel=1e-4)
+    lr = pair.cfg.optimizer.lr
+    assert [g["lr"] for g in pair.optimizers[0].param_groups] == pytest.approx([lr, lr], rel=1e-4)
+    assert [g["lr"] for g in pair.optimizers[1].param_groups] == pytest.approx([lr * 0.609523, lr], rel=1e-4)
 
     moved_est = moved_twin = 0
     for (_, le), (_, lt), e0, t0 in zip(est_layers, twin_layers, est0, twin0):
@@ -101,6 +105,8 @@ def test_single_and_plain_train_and_plain_is_plain_torch(tiny_case):
     plain = runners["plain"]
     assert not any(isinstance(m, QuantMixin) for m in plain.model.modules())
     assert isinstance(plain.opt, torch.optim.SGD) and plain.opt.param_groups[0]["momentum"] == 0.9
+    assert plain.opt.param_groups[0]["lr"] == single.cfg.optimizer.lr
+    assert [p.shape for p in plain.model.parameters()] == [p.shape for p in single.models[0].parameters()]
     assert all(len(plain.opt.state[p]) for p in plain.model.parameters())  # momentum buffers exist: it stepped
 
 

@@ -69,24 +69,53 @@ class SyntheticData:
             yield self.test.get_batch(i, self.eval_batch_size)
 
 
-def _mnist(cfg, device, seed):
-    return MnistData(cfg.root, device, cfg.batch_size, cfg.eval_batch_size, cfg.train_subset, cfg.test_subset,
+class RankShard:
+    """Under torchrun: this rank's equal slice of each global batch (tensor-backed datasets)."""
+
+    def __init__(self, data, world: int, rank: int):
+        if data.batch_size % world:
+            raise ValueError(f"dataset.batch_size={data.batch_size} must be divisible by the {world} processes")
+        self.data, self.world, self.rank = data, world, rank
+        self.num_classes, self.device, self.steps_per_epoch = data.num_classes, data.device, data.steps_per_epoch
+
+    def batch(self, step: int):
+        x, y = self.data.batch(step)
+        n = len(x) // self.world
+        return x[self.rank * n : (self.rank + 1) * n], y[self.rank * n : (self.rank + 1) * n]
+
+    def test_batches(self):
+        return self.data.test_batches()
+
+
+def _imagenet(cfg, device, seed, world=1, rank=0):
+    from qatrun.data.imagenet import ImageNetData
+
+    if cfg.root is None:
+        raise ValueError("dataset=imagenet needs dataset.root=/path/with/train/and/val")
+    return ImageNetData(cfg.root, device, cfg.batch_size, cfg.eval_batch_size, cfg.workers, cfg.image_size,
+                        cfg.resize, cfg.train_subset, cfg.test_subset, seed, world, rank)
+
+
+def _mnist(cfg, device, seed, world=1, rank=0):
+    data = MnistData(cfg.root, device, cfg.batch_size, cfg.eval_batch_size, cfg.train_subset, cfg.test_subset,
                      cfg.mean, cfg.std, cfg.download)
+    return RankShard(data, world, rank) if world > 1 else data
 
 
-def _synthetic(cfg, device, seed):
-    return SyntheticData(device, seed, cfg.batch_size, cfg.eval_batch_size, cfg.num_classes, cfg.image_size,
+def _synthetic(cfg, device, seed, world=1, rank=0):
+    data = SyntheticData(device, seed, cfg.batch_size, cfg.eval_batch_size, cfg.num_classes, cfg.image_size,
                          cfg.channels, cfg.length, cfg.test_length, cfg.signal)
+    return RankShard(data, world, rank) if world > 1 else data
 
 
-DATASETS = {"mnist": _mnist, "synthetic": _synthetic}
+DATASETS = {"mnist": _mnist, "synthetic": _synthetic, "imagenet": _imagenet}
 
 
-def build_data(cfg, device, seed: int):
-    """``cfg``: the dataset config group."""
+def build_data(cfg, device, seed: int, world: int = 1, rank: int = 0):
+    """``cfg``: the dataset config group. With ``world > 1`` each rank gets its share of every global batch."""
     if cfg.name not in DATASETS:
         raise ValueError(f"unknown dataset {cfg.name!r}; valid datasets: {', '.join(sorted(DATASETS))}")
-    return DATASETS[cfg.name](cfg, device, seed)
+    return DATASETS[cfg.name](cfg, device, seed, world, rank)
 
 
 __all__ = ["DATASETS", "DatasetError", "build_data", "MnistData", "SyntheticData"]

@@ -237,7 +237,72 @@ def build_imagenet_loaders(
     return train_loader, val_loader, len(classes)
 
 
+class StepBatchSampler(Sampler[list[int]]):
+    """Batches as a function of the step, for exact resume: epoch ``e`` is a permutation drawn
+    from ``(seed, e)``; each global batch of ``global_batch`` indices is split evenly over the
+    ``world`` ranks (rank ``r`` gets its slice). ``start(step)`` positions the next iteration."""
+
+    def __init__(self, n: int, global_batch: int, seed: int, world: int = 1, rank: int = 0):
+        if global_batch % world:
+            raise ValueError(f"dataset.batch_size={global_batch} must be divisible by the {world} processes")
+        self.n, self.global_batch, self.seed, self.world, self.rank = n, global_batch, seed, world, rank
+        self.steps_per_epoch = n // global_batch
+        if self.steps_per_epoch == 0:
+            raise DatasetError(f"ImageNet train split has {n} samples, fewer than one batch of {global_batch}")
+        self._step = 0
+
+    def start(self, step: int) -> None:
+        self._step = step
+
+    def __iter__(self):
+        epoch, offset = divmod(self._step, self.steps_per_epoch)
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        local = self.global_batch // self.world
+        for b in range(offset, self.steps_per_epoch):
+            chunk = perm[b * self.global_batch : (b + 1) * self.global_batch]
+            yield chunk[self.rank * local : (self.rank + 1) * local].tolist()
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self._step % self.steps_per_epoch
+
+
+class ImageNetData:
+    """The lockstep loop's view of ImageNet: ``batch(step)`` for this rank, ``test_batches()``.
+
+    The data order is exact on resume (``StepBatchSampler``); the random crops/flips after a
+    resume come from fresh worker seeds, so they are not bitwise those of an uninterrupted run.
+    """
+
+    def __init__(self, root, device, batch_size, eval_batch_size, workers, image_size, resize, train_subset,
+                 test_subset, seed, world=1, rank=0):
+        self.classes = check_imagenet_root(root)
+        self.num_classes, self.device = len(self.classes), torch.device(device)
+        root = os.fspath(root)
+        train_ds = _subset(_image_folder(root, "train", train_transform(image_size)), train_subset, "train")
+        val_ds = _subset(_image_folder(root, "val", val_transform(image_size, resize)), test_subset, "val")
+        self.sampler = StepBatchSampler(len(train_ds), batch_size, seed, world, rank)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        pin = self.device.type == "cuda"
+        common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+        self.train_loader = DataLoader(train_ds, batch_sampler=self.sampler,
+                                       generator=torch.Generator().manual_seed(seed + rank), **common)
+        self.val_loader = DataLoader(val_ds, batch_size=eval_batch_size, shuffle=False, **common)
+        self._it, self._next = None, None
+
+    def batch(self, step: int):
+        if step != self._next or step % self.steps_per_epoch == 0:
+            self.sampler.start(step)
+            self._it = iter(self.train_loader)
+        self._next = step + 1
+        x, y = next(self._it)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def test_batches(self):
+        for x, y in self.val_loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
 __all__ = [
-    "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "ShardSampler", "build_imagenet_loaders",
+    "ImageNetData", "StepBatchSampler", "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "ShardSampler", "build_imagenet_loaders",
     "check_imagenet_root", "train_transform", "val_transform",
 ]
