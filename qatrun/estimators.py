@@ -141,7 +141,18 @@ class PeriodicEstimator(Estimator):
         i, f = self._bin_coords(w64, m)
         delta = self.grid.delta(m)
         inner = -m + delta * (i + 0.5 + self.alpha * self.antiderivative(f))
-        return (inner + (w64 - w64.clamp(-m, m))).to(w.dtype)
+        return self._same_level((inner + (w64 - w64.clamp(-m, m))).to(w.dtype), w.detach(), m)
+
+    def _same_level(self, out: torch.Tensor, w: torch.Tensor, m) -> torch.Tensor:
+        """Keep ``Q(M(w)) == Q(w)`` exact in the weight's dtype: casting M(w) down can push a weight
+        lying within an ulp of a threshold across it; step such values back toward ``w`` ulp by ulp."""
+        target = self.grid.level_index(w, m)
+        for _ in range(8):
+            wrong = self.grid.level_index(out, m) != target
+            if not wrong.any():
+                break
+            out = torch.where(wrong, torch.nextafter(out, w), out)
+        return out
 
 
 @register("ste")

@@ -36,7 +36,7 @@ STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.lab
 IGNORED = {"seed", "resume", "device", "compile", "trainer.progress", "trainer.checkpoint_every",
            "trainer.scatter_sample", "dataset.root"}
 BARE = ("experiment_name", "optimizer.name", "pair.twin", "estimator.name")  # shown as bare values in labels
-ALWAYS = ("experiment_name", "optimizer.name", "pair.twin")  # always in automatic labels
+ALWAYS = ("optimizer.name", "pair.twin")  # always in automatic labels (unless named experiments differ)
 # Table columns: (summary key, header, kind) where kind "frac" prints 4 decimals, "err" 3 significant digits.
 COLUMNS = [
     ("pair/quantized_agreement", "Quantized agreement", "frac"),
@@ -125,7 +125,8 @@ def fmt(v) -> str:
 
 def label_keys(groups: list[dict], drop=frozenset()) -> list[str]:
     """ALWAYS keys, plus keys that differ between groups of the same optimizer and estimator (so one
-    optimizer's own settings don't count against another's), plus the lr whenever it differs."""
+    optimizer's own settings don't count against another's), plus the lr whenever it differs. When
+    groups come from different named experiments: the name plus what varies inside one experiment."""
     def varies(k, same=("optimizer.name", "estimator.name")):
         seen: dict = {}
         for g in groups:
@@ -134,6 +135,9 @@ def label_keys(groups: list[dict], drop=frozenset()) -> list[str]:
         return any(len(v) > 1 for v in seen.values())
 
     union = sorted({k for g in groups for k in g if k not in IGNORED and k not in drop})
+    if "experiment_name" in union and varies("experiment_name", ()):
+        within = ("experiment_name", "optimizer.name", "estimator.name")
+        return ["experiment_name"] + [k for k in union if k != "experiment_name" and varies(k, within)]
     differ = [k for k in union if varies(k) or (k in BARE + ("optimizer.lr",) and varies(k, ()))]
     keys = [k for k in BARE if k in union and (k in ALWAYS or k in differ)]
     return keys + [k for k in differ if k not in keys]
@@ -319,7 +323,11 @@ def pair_figures(run: Run, label: str, out: Path, formats, notes: list) -> list[
         else:
             files += save(fig, out, name, formats)
     wp = run.path / "weights_sample.pt"
-    w = load_weights(wp) if wp.exists() else None
+    try:
+        w = load_weights(wp) if wp.exists() else None
+    except Exception as e:  # a truncated or foreign file: skip the scatters, keep the report
+        notes.append(f"{label}: cannot read weights_sample.pt ({e})")
+        w = None
     if w is None:
         notes.append(f"{label}: no usable weights_sample.pt; scatter plots skipped")
         return files
@@ -376,7 +384,7 @@ def lr_law(runs: list[Run], family_by, notes: list) -> dict:
 
 
 def fig_lr_law(law: dict):
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), layout="constrained")
     titles = {"disagreement": "1 − quantized weight agreement (fraction)",
               "alignment_error": "alignment error (/ distance travelled)"}
     for ax, (metric, ylabel) in zip(axes, titles.items()):
@@ -398,7 +406,7 @@ def fig_lr_law(law: dict):
                 xs = np.geomspace(x.min(), x.max(), 20)
                 ax.plot(xs, 10 ** (d["intercept"] + d["slope"] * np.log10(xs)), color=c, ls="--", lw=1)
         ax.set(xscale="log", yscale="log", xlabel="optimizer learning rate η (peak)", ylabel=ylabel)
-        ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     fig.suptitle("Learning-rate law: pair error vs learning rate (mean over seeds, bars: min–max)")
     return fig
 

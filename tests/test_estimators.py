@@ -216,3 +216,13 @@ def test_cuda_parity():
         w = torch.randn(10000, dtype=torch.float64) * 0.4
         torch.testing.assert_close(est.grad(w.cuda(), 0.5).cpu(), est.grad(w, 0.5))
         torch.testing.assert_close(est.mirror(w.cuda(), 0.5).cpu(), est.mirror(w, 0.5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mirror_keeps_level_exactly_in_weight_dtype(dtype):
+    """Weights within an ulp of a threshold: M(w) rounded to the weight dtype must not cross it."""
+    est, m = E.create("tanh", bits=4), 0.3
+    th = est.grid.thresholds(m).to(dtype)
+    w = torch.cat([th + k * torch.finfo(dtype).eps * th.abs().clamp(min=1e-3) for k in range(-3, 4)]
+                  + [torch.empty(100000).uniform_(-m, m).to(dtype)])
+    assert torch.equal(est.grid.level_index(est.mirror(w, m), m), est.grid.level_index(w, m))

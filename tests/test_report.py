@@ -65,6 +65,8 @@ def tree(tmp_path_factory):
         write_run(root / str(seed), lr=0.01, seed=seed, qa=1 - 0.1 * 0.01 * f, ae=2 * 0.01**0.5 * f, acc=0.90 + 0.02 * seed)
     write_run(root / "2", opt="adam", lr=0.001, twin="ste", qa=0.98, ae=float("nan"), weights=False)
     write_run(root / "3", lr=0.03, twin="none")
+    write_run(root / "5", lr=0.3, weights=False)
+    (root / "5" / "weights_sample.pt").write_bytes(b"truncated")
     (root / "4" / ".hydra").mkdir(parents=True)  # unfinished job
     (root / "4" / ".hydra" / "overrides.yaml").write_text("- seed=3\n")
     out = tmp_path_factory.mktemp("report")
@@ -100,6 +102,8 @@ def test_pair_figures_exist(tree):
     notes = json.loads((out / "summary.json").read_text())["notes"]
     assert any("sgd none" in n and "skipped" in n for n in notes)
     assert any("weights_sample.pt" in n for n in notes)
+    assert any("cannot read weights_sample.pt" in n for n in notes)  # corrupt file: noted, no crash
+    assert (pairs / "sgd_auto_lr=0.3_seed=0" / "curves.png").exists()
     assert any("without summary.json" in n for n in notes)
     assert any("lr_law figure skipped" in n for n in notes)  # no family with 3 lrs here
     assert json.loads((out / "lr_law.json").read_text()) == {}
@@ -117,7 +121,7 @@ def test_table(tree):
     for r in lines[lines.index(header) + 2:]:
         cells = [c.strip() for c in r.strip("|").split("|")]
         rows[cells[0]] = dict(zip(heads, cells))
-    assert sorted(rows) == ["adam ste lr=0.001", "sgd auto lr=0.01", "sgd none lr=0.03"]
+    assert sorted(rows) == ["adam ste lr=0.001", "sgd auto lr=0.01", "sgd auto lr=0.3", "sgd none lr=0.03"]
     row = rows["sgd auto lr=0.01"]
     assert row["n seeds"] == "2"
     assert row["Est. accuracy"] == "0.9100 ± 0.0141"  # 0.90, 0.92: sample std 0.01414
@@ -135,7 +139,7 @@ def test_csv_and_summary(tree):
     _, out = tree
     csv_lines = (out / "table.csv").read_text().splitlines()
     assert csv_lines[0].startswith("comparison,n_seeds,pair/quantized_agreement_mean,pair/quantized_agreement_std")
-    assert len(csv_lines) == 1 + 3
+    assert len(csv_lines) == 1 + 4
     summ = json.loads((out / "summary.json").read_text())
     comp = next(c for c in summ["comparisons"] if c["label"] == "sgd auto lr=0.01")
     assert comp["seeds"] == [0, 1] and comp["n_seeds"] == 2
@@ -196,6 +200,10 @@ def test_labels_and_cells():
     assert report.make_labels([sgd, adam]) == ["sgd auto lr=0.03", "adam auto lr=0.001"]
     assert report.make_labels([sgd, {**sgd, "estimator.bits": 4}]) == ["sgd auto bits=2", "sgd auto bits=4"]
     assert report.make_labels([sgd, dict(sgd)]) == ["sgd auto", "sgd auto #2"]
+    # named experiments: the name, plus what varies inside one experiment
+    named = [{**sgd, "experiment_name": "sgd"}, {**sgd, "experiment_name": "sgd", "optimizer.lr": 0.1},
+             {**adam, "experiment_name": "adam"}, {**sgd, "experiment_name": "jitter", "pair.twin": "self"}]
+    assert report.make_labels(named) == ["sgd lr=0.03", "sgd lr=0.1", "adam lr=0.001", "jitter lr=0.03"]
     st = report.stats([0.5, float("nan"), None, 0.7])
     assert st["n"] == 2 and st["mean"] == pytest.approx(0.6) and st["std"] == pytest.approx(math.sqrt(0.02))
     assert report.cell(st, "frac") == "0.6000 ± 0.1414" and report.cell(st, "err") == "0.600 ± 0.141"
