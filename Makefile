@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 ARGS   ?=
 
-.PHONY: help install run test test-all bench reproduce-mnist reproduce-mnist-quick report-mnist clean
+.PHONY: help install run test bench reproduce-mnist reproduce-mnist-quick report-mnist clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -37,3 +37,6 @@ reproduce-mnist-quick: install  ## reduced MNIST suite (under 20 min on CPU)
 
 clean:  ## remove run outputs (not the venv)
 	rm -rf outputs multirun
+
+report-mnist: install  ## redraw results/mnist from its runs (no training)
+	$(VENV)/bin/qatrun-report results/mnist/runs --out results/mnist

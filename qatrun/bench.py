@@ -71,13 +71,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from qatrun import checkpoint as ckpt
-from qatrun.layers import quant_layers
-from qatrun.metrics import ChangePointTracker
+from omegaconf import OmegaConf
+
 from qatrun.models import build_model
-from qatrun.optim import build_optimizer, build_scheduler
-from qatrun.pair import WeightComparer, make_twin, param_groups, resolve_twin
-from qatrun.train import build_run, compile_step, levels, log_step
+from qatrun.train import Pair, log_step
 
 # ----------------------------------------------------------------------------------------------
 # Cases and targets
@@ -231,75 +228,36 @@ class PlainStep:
 
 
 class QatLoop:
-    """(b)/(c) One iteration of ``train.train``'s loop, for one quantized run or for the pair.
-
-    Built with the trainer's own functions, in the trainer's order; ``iteration()`` is the loop
-    body (``log()`` its logging branch, which ``iteration`` calls every ``log_every`` steps).
-    """
+    """(b)/(c) One iteration of ``train.train``'s loop, for one quantized run or for the pair:
+    ``train.Pair`` (the trainer's own object) stepped on a fixed batch, logging every ``log_every``."""
 
     def __init__(self, cfg, x, y, num_classes: int, pair: bool, sections: Sections | None = None):
-        device = x.device
+        if not pair:
+            cfg = OmegaConf.merge(cfg, {"pair": {"twin": "none"}})
         self.cfg, self.x, self.y = cfg, x, y
-        est_model, est = build_run(cfg.model, cfg.estimator, num_classes, cfg.seed, device)
-        spec = resolve_twin(cfg.pair.twin if pair else "none", est, cfg.optimizer.twin_warp, cfg.pair.twin_lr_scale)
-        models = [est_model]
-        if spec.estimator is not None:
-            models.append(make_twin(est_model, spec))
-        if cfg.channels_last:
-            models = [m.to(memory_format=torch.channels_last) for m in models]
-        lr = cfg.optimizer.lr
-        optims = [build_optimizer(cfg.optimizer, param_groups(est_model, lr))]
-        if len(models) == 2:
-            optims.append(build_optimizer(cfg.optimizer, param_groups(models[1], lr * spec.lr_scale, spec.lr_factor)))
-        scheds = [build_scheduler(o, SCHEDULE_STEPS, cfg.trainer.warmup_frac) for o in optims]
-        self.runs = ["est", "twin"][: len(models)]
-        self.layers = [quant_layers(m) for m in models]
-        self.comparer = WeightComparer(self.layers[0], self.layers[1], spec.init == "mirror") if len(models) == 2 else None
-        self.tracker = None
-        if self.comparer is not None and cfg.trainer.changepoints:
-            self.tracker = ChangePointTracker(levels(self.layers[0]), levels(self.layers[1]))
-        self.step_fns = [compile_step(m, o, s, cfg) for m, o, s in zip(models, optims, scheds)]
-        self.models, self.optimizers, self.scheds, self.spec, self.est = models, optims, scheds, spec, est
-        self.weights0 = [[l.weight.detach().clone() for _, l in ls] for ls in self.layers]
+        self.pair = Pair(cfg, num_classes, x.device, SCHEDULE_STEPS)
+        self.models, self.optimizers, self.runs = self.pair.models, self.pair.optims, self.pair.runs
+        self.comparer, self.tracker, self.spec, self.est = self.pair.comparer, self.pair.tracker, self.pair.spec, self.pair.est
         self.history = {"log_step": [], "est/loss": [], "twin/loss": [], "pair/quantized_agreement": [],
                         "pair/alignment_error": []}
-        self.loss_sums = torch.zeros(len(models), device=device)
-        self.first_bad = torch.full((len(models),), -1, dtype=torch.long, device=device)
         self.step = 0
-        self.since = 0
         self.log_every = cfg.trainer.log_every
-        self.sec = sections or Sections(device)
+        self.sec = sections or Sections(x.device)
         self.run_dir = Path(tempfile.gettempdir())  # only named in a NaN error message
         self.tb = _NullTB()
         self.last_figs: dict = {}
 
     def iteration(self):
-        step, x, y = self.step, self.x, self.y
-        for i, fn in enumerate(self.step_fns):
-            with self.sec(f"{self.runs[i]}_step"):
-                loss = fn(x, y)
-                self.loss_sums[i] += loss.detach()
-                self.first_bad[i] = torch.where((self.first_bad[i] < 0) & ~torch.isfinite(loss.detach()), step + 1,
-                                                self.first_bad[i])
-        if self.comparer is not None:
-            with self.sec("accumulate"):
-                self.comparer.accumulate()
-        if self.tracker is not None:
-            with self.sec("tracker"):
-                self.tracker.update(step + 1, levels(self.layers[0]), levels(self.layers[1]))
-        self.since += 1
-        self.step = done = step + 1
-        if done % self.log_every == 0:
+        self.pair.step(self.step, self.x, self.y, timer=self.sec)
+        self.step += 1
+        if self.step % self.log_every == 0:
             self.log()
 
     def log(self):
         with self.sec("log"):
-            ckpt.check_finite(self.first_bad, self.runs, self.run_dir)
-            means = (self.loss_sums / max(self.since, 1)).tolist()
-            self.loss_sums.zero_()
-            self.since = 0
-            self.last_figs = log_step(self.step, self.comparer, means, [s.get_last_lr() for s in self.scheds],
-                                      self.runs, self.tb, self.history)
+            means = self.pair.mean_losses(self.run_dir)
+            self.last_figs = log_step(self.step, self.comparer, means, self.pair.lrs(), self.runs, self.tb,
+                                      self.history)
 
     def resident_tensors(self):
         out = []
@@ -309,7 +267,7 @@ class QatLoop:
             out += [*self.comparer._prev, self.comparer.travelled]
         if self.tracker is not None:
             out += list(self.tracker.state.values())
-        return out + [self.loss_sums, self.first_bad]
+        return out + [self.pair.loss_sums, self.pair.first_bad]
 
 
 def _optimizer_tensors(opt):

@@ -8,7 +8,7 @@ distance travelled, change points and the NaN watch stay on the device until ``l
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import os
 import time
@@ -106,6 +106,67 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+class Pair:
+    """The estimator run and its twin (or the run alone), built from the config, and one lockstep
+    iteration of both. ``train`` drives it; the benchmark times exactly the same code."""
+
+    def __init__(self, cfg, num_classes: int, device, steps: int, main: bool = True):
+        est_model, self.est = build_run(cfg.model, cfg.estimator, num_classes, cfg.seed, device)
+        self.spec = resolve_twin(cfg.pair.twin, self.est, cfg.optimizer.twin_warp, cfg.pair.twin_lr_scale)
+        models = [est_model]
+        if self.spec.estimator is not None:
+            models.append(make_twin(est_model, self.spec))
+        if cfg.channels_last:
+            models = [m.to(memory_format=torch.channels_last) for m in models]
+        lr = cfg.optimizer.lr
+        self.optims = [build_optimizer(cfg.optimizer, param_groups(est_model, lr))]
+        if len(models) == 2:  # the twin's quantized weights get lr * alpha in a group of their own
+            self.optims.append(build_optimizer(cfg.optimizer, param_groups(models[1], lr * self.spec.lr_scale,
+                                                                           self.spec.lr_factor)))
+        self.scheds = [build_scheduler(o, steps, cfg.trainer.warmup_frac) for o in self.optims]
+        self.models, self.runs = models, ["est", "twin"][: len(models)]
+        self.layers = [quant_layers(m) for m in models]
+        paired = len(models) == 2 and main  # under torchrun only rank 0 measures
+        self.comparer = WeightComparer(self.layers[0], self.layers[1], self.spec.init == "mirror") if paired else None
+        self.tracker = None
+        if self.comparer is not None and cfg.trainer.changepoints:
+            self.tracker = ChangePointTracker(levels(self.layers[0]), levels(self.layers[1]))
+        self.weights0 = [[l.weight.detach().clone() for _, l in ls] for ls in self.layers]
+        self.step_fns = [compile_step(dist.wrap(m, device), o, s, cfg) for m, o, s in zip(models, self.optims, self.scheds)]
+        self.loss_sums = torch.zeros(len(models), device=device)
+        self.first_bad = torch.full((len(models),), -1, dtype=torch.long, device=device)
+        self.since = 0
+
+    def step(self, step: int, x, y, timer=None) -> None:
+        """One lockstep iteration on batch (x, y): both runs, then the on-device metric accumulators.
+        ``timer(name)`` (a context manager factory) lets the benchmark time each section."""
+        timer = timer or (lambda name: contextlib.nullcontext())
+        for i, fn in enumerate(self.step_fns):
+            with timer(f"{self.runs[i]}_step"):
+                loss = fn(x, y).detach()
+                self.loss_sums[i] += loss
+                self.first_bad[i] = torch.where((self.first_bad[i] < 0) & ~torch.isfinite(loss), step + 1,
+                                                self.first_bad[i])
+        if self.comparer is not None:
+            with timer("accumulate"):
+                self.comparer.accumulate()
+        if self.tracker is not None:
+            with timer("tracker"):
+                self.tracker.update(step + 1, levels(self.layers[0]), levels(self.layers[1]))
+        self.since += 1
+
+    def mean_losses(self, run_dir) -> list[float]:
+        """Stop on NaN/Inf, then the mean loss of each run since the last call (one host sync)."""
+        ckpt.check_finite(self.first_bad, self.runs, run_dir)
+        means = dist.mean(self.loss_sums / max(self.since, 1)).tolist()  # the global batch's under torchrun
+        self.loss_sums.zero_()
+        self.since = 0
+        return means
+
+    def lrs(self) -> list[list[float]]:
+        return [s.get_last_lr() for s in self.scheds]
+
+
 def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     """Train the pair described by ``cfg``; write TensorBoard events, checkpoints and summary.json."""
     run_dir = Path(run_dir)
@@ -115,34 +176,12 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     set_determinism(cfg.deterministic)
     device = dist.setup(cfg.device) or select_device(cfg.device)
     data = build_data(cfg.dataset, device, cfg.seed, dist.world(), dist.rank())
-
-    est_model, est = build_run(cfg.model, cfg.estimator, data.num_classes, cfg.seed, device)
-    spec = resolve_twin(cfg.pair.twin, est, cfg.optimizer.twin_warp, cfg.pair.twin_lr_scale)
-    models = [est_model]
-    if spec.estimator is not None:
-        models.append(make_twin(est_model, spec))
-    if cfg.channels_last:
-        models = [m.to(memory_format=torch.channels_last) for m in models]
-
     steps = cfg.trainer.max_steps if cfg.trainer.max_steps is not None else cfg.trainer.epochs * data.steps_per_epoch
     steps_key = "trainer.max_steps" if cfg.trainer.max_steps is not None else "trainer.epochs"
     ckpt.check_positive({steps_key: steps, "optimizer.lr": cfg.optimizer.lr, "trainer.log_every": cfg.trainer.log_every,
                          "trainer.eval_every": cfg.trainer.eval_every, "trainer.checkpoint_every": cfg.trainer.checkpoint_every})
-    lr = cfg.optimizer.lr
-    optims = [build_optimizer(cfg.optimizer, param_groups(est_model, lr))]
-    if len(models) == 2:
-        twin_lr = lr * spec.lr_scale
-        optims.append(build_optimizer(cfg.optimizer, param_groups(models[1], twin_lr, spec.lr_factor)))
-    scheds = [build_scheduler(o, steps, cfg.trainer.warmup_frac) for o in optims]
-    runs = ["est", "twin"][: len(models)]
-
-    layers = [quant_layers(m) for m in models]
-    comparer = WeightComparer(layers[0], layers[1], spec.init == "mirror") if len(models) == 2 and main else None
-    tracker = None
-    if comparer is not None and cfg.trainer.changepoints:
-        tracker = ChangePointTracker(levels(layers[0]), levels(layers[1]))
-    weights0 = [[l.weight.detach().clone() for _, l in ls] for ls in layers]
-    step_fns = [compile_step(dist.wrap(m, device), o, s, cfg) for m, o, s in zip(models, optims, scheds)]
+    pair = Pair(cfg, data.num_classes, device, steps, main)
+    models, comparer, tracker, runs = pair.models, pair.comparer, pair.tracker, pair.runs
 
     history = {"log_step": [], "est/loss": [], "twin/loss": [], "eval_step": [],
                "est/test_loss": [], "twin/test_loss": [], "est/test_acc": [], "twin/test_acc": [],
@@ -152,12 +191,12 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     start = 0
     state = ckpt.load_if_present(run_dir, resolved)
     if state is not None:
-        start = ckpt.restore(state, models, optims, scheds, comparer, tracker, history)
-        weights0 = state["weights0"]
+        start = ckpt.restore(state, models, pair.optims, pair.scheds, comparer, tracker, history)
+        pair.weights0 = state["weights0"]
     tb = TBLogger(str(run_dir / "tb"), purge_step=start + 1 if start else None) if main else None
     if start == 0 and main:
         tb.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "\n```")
-        first = log_step(0, comparer, None, [sched.get_last_lr() for sched in scheds], runs, tb, history)
+        first = log_step(0, comparer, None, pair.lrs(), runs, tb, history)
         if comparer is not None and not (first["pair/quantized_agreement"] == 1.0 and first["pair/alignment_distance"] == 0.0):
             raise TrainingError(
                 f"step-0 invariant broken: quantized agreement {first['pair/quantized_agreement']} (must be 1) and "
@@ -165,46 +204,34 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
             )
         log_eval(0, models, data, cfg, comparer, tb, history)
 
-    loss_sums = torch.zeros(len(models), device=device)
-    first_bad = torch.full((len(models),), -1, dtype=torch.long, device=device)
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not (cfg.trainer.progress and main),
-               desc=f"{est.name} vs {spec.mode}", dynamic_ncols=True)
-    t0, since = time.time(), 0
+               desc=f"{pair.est.name} vs {pair.spec.mode}", dynamic_ncols=True)
+    t0 = time.time()
     for step in bar:
         x, y = data.batch(step)
-        for i, fn in enumerate(step_fns):
-            loss = fn(x, y)
-            loss_sums[i] += loss.detach()
-            first_bad[i] = torch.where((first_bad[i] < 0) & ~torch.isfinite(loss.detach()), step + 1, first_bad[i])
-        if comparer is not None:
-            comparer.accumulate()
-        if tracker is not None:
-            tracker.update(step + 1, levels(layers[0]), levels(layers[1]))
-        since += 1
+        pair.step(step, x, y)
         done = step + 1
         if done % cfg.trainer.log_every == 0 or done == steps:
-            ckpt.check_finite(first_bad, runs, run_dir)
-            means = dist.mean(loss_sums / since).tolist()  # the global batch's loss under torchrun
-            loss_sums.zero_()
-            since = 0
+            means = pair.mean_losses(run_dir)
             if main:
-                figs = log_step(done, comparer, means, [s.get_last_lr() for s in scheds], runs, tb, history)
+                figs = log_step(done, comparer, means, pair.lrs(), runs, tb, history)
                 bar.set_postfix({f"{r}_loss": f"{v:.3f}" for r, v in zip(runs, means)}
                                 | ({"agree": f"{figs['pair/quantized_agreement']:.4f}"} if comparer else {}))
         if main and (done % cfg.trainer.eval_every == 0 or done == steps):
             log_eval(done, models, data, cfg, comparer, tb, history)
         if done % cfg.trainer.checkpoint_every == 0 or done == steps:
-            ckpt.check_finite(first_bad, runs, run_dir)
+            ckpt.check_finite(pair.first_bad, runs, run_dir)
             if main:
-                ckpt.save(run_dir, done, resolved, models, optims, scheds, comparer, tracker, history, weights0)
+                ckpt.save(run_dir, done, resolved, models, pair.optims, pair.scheds, comparer, tracker, history,
+                          pair.weights0)
     bar.close()
     if not main:
         return {}
 
-    summary = final_summary(cfg, resolved, steps, est, spec, models, data, comparer, tracker, history)
+    summary = final_summary(cfg, resolved, steps, pair.est, pair.spec, models, data, comparer, tracker, history)
     tb.hparams(hparam_view(cfg), {k: v for k, v in summary.items() if "/" in k})
     tb.close()
-    save_scatter(run_dir, layers, weights0, comparer, cfg.trainer.scatter_sample, cfg.seed)
+    save_scatter(run_dir, pair.layers, pair.weights0, comparer, cfg.trainer.scatter_sample, cfg.seed)
     ckpt.write_json_atomic(run_dir / "summary.json", summary)
     summary["wall_s"] = time.time() - t0
     return summary

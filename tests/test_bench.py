@@ -70,8 +70,8 @@ def tiny_case():
 
 def test_pair_trains_both_runs_in_lockstep(tiny_case):
     pair = tiny_case["_runners"]["pair"]
-    est_layers, twin_layers = pair.layers
-    est0, twin0 = pair.weights0
+    est_layers, twin_layers = pair.pair.layers
+    est0, twin0 = pair.pair.weights0
     iterations = 2 + 2 + 1  # warm-up, timed, memory pass
     assert pair.step == iterations and pair.tracker.last_step == iterations
     assert pair.spec.init == "mirror" and pair.spec.lr_factor == pytest.approx(0.609523, abs=1e-6)
@@ -101,7 +101,7 @@ def test_single_and_plain_train_and_plain_is_plain_torch(tiny_case):
     runners = tiny_case["_runners"]
     single = runners["single"]
     assert single.comparer is None and single.tracker is None and len(single.models) == 1
-    assert any(not torch.equal(l.weight.detach(), w0) for (_, l), w0 in zip(single.layers[0], single.weights0[0]))
+    assert any(not torch.equal(l.weight.detach(), w0) for (_, l), w0 in zip(single.pair.layers[0], single.pair.weights0[0]))
     plain = runners["plain"]
     assert not any(isinstance(m, QuantMixin) for m in plain.model.modules())
     assert isinstance(plain.opt, torch.optim.SGD) and plain.opt.param_groups[0]["momentum"] == 0.9

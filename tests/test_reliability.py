@@ -1,13 +1,11 @@
 """Exact resume after SIGKILL, determinism, and one-line errors for bad input (issue 5)."""
 
 import json
-import os
 import random
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch

@@ -3,10 +3,8 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from qatrun.train import train
@@ -78,7 +76,7 @@ def test_event_file_and_summary(sgd_pairs):
 
 
 def test_twin_lr_groups(cfg_factory, tmp_path):
-    from qatrun.pair import param_groups, resolve_twin
+    from qatrun.pair import resolve_twin
     from qatrun import estimators
 
     est = estimators.create("tanh", bits=2)
