@@ -220,3 +220,16 @@ def test_unwritable_output_dir(tmp_path):
     line = user_error(cli(*TINY, f"resume={blocker / 'run'}", f"hydra.run.dir={tmp_path / 'h'}"))
     assert "cannot be written" in line
     assert blocker.read_text() == "x"
+
+
+def test_rerun_into_existing_directory_continues(tmp_path):
+    """A multirun job re-run into its directory picks up its checkpoint instead of starting over."""
+    cfg = make_cfg("trainer.max_steps=10", "trainer.checkpoint_every=5")
+    first = (train(cfg, tmp_path), (tmp_path / "summary.json").read_bytes())
+    state = load(tmp_path / "checkpoint.pt")
+    assert state["step"] == 10
+    (tmp_path / "summary.json").unlink()
+    train(cfg, tmp_path)  # nothing left to train: rewrites the same summary
+    assert (tmp_path / "summary.json").read_bytes() == first[1]
+    steps = [e.step for e in EventAccumulator(str(tmp_path / "tb")).Reload().Scalars("est/loss")]
+    assert steps == sorted(set(steps))  # no duplicated points

@@ -222,3 +222,22 @@ def test_schema_drift_does_not_split_groups(tmp_path):
     res = report.report([tmp_path / "runs"], tmp_path / "out", formats=["png"], pair_figs=False)
     assert list(res["lr_law"]) == ["warped SGD (auto)"]
     assert [c["label"] for c in res["comparisons"]] == ["sgd auto lr=0.01", "sgd auto lr=0.02", "sgd auto lr=0.04"]
+
+
+def test_report_over_two_real_tiny_runs(tmp_path):
+    """Two real (tiny) runs through the trainer, then the report: figures and every table column."""
+    from qatrun.report import main as report_main
+    from qatrun.train import train
+    from tests.conftest import make_cfg
+
+    for name, extra in (("sgd", []), ("nowarp", ["pair.twin=ste"])):
+        train(make_cfg("trainer.max_steps=10", "optimizer.lr=0.005", *extra), tmp_path / "runs" / name)
+    out = tmp_path / "report"
+    assert report_main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    for col in ("agreement", "alignment", "sequence", "change-point", "inference", "logit", "acc"):
+        assert col in table.lower(), col
+    assert len([l for l in table.splitlines() if l.startswith("|")]) == 4  # header, rule, 2 rows
+    pngs = list(out.glob("pairs/*/*.png"))
+    assert len(pngs) >= 8 and all(p.stat().st_size > 1000 for p in pngs)
+    assert len(list(out.glob("pairs/*/*.pdf"))) == len(pngs)

@@ -1,0 +1,72 @@
+"""Every config group option and every experiment preset composes and instantiates."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import qatrun
+from qatrun import estimators
+from qatrun.models import build_model
+from qatrun.optim import build_optimizer
+from qatrun.pair import resolve_twin
+from tests.conftest import make_cfg
+
+CONFIGS = Path(qatrun.__file__).parent / "configs"
+
+
+def options(group):
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def test_groups_present():
+    assert options("estimator") == ["custom", "ewgs", "pwl", "ste", "tanh"]
+    assert options("optimizer") == ["adam", "sgd"]
+    assert {"mnist", "imagenet", "synthetic"} <= set(options("dataset"))
+    assert {"small_cnn", "resnet18", "resnet50"} <= set(options("model"))
+
+
+@pytest.mark.parametrize("name", options("estimator"))
+def test_estimator_options_instantiate(name):
+    from qatrun.train import estimator_params
+
+    cfg = make_cfg(f"estimator={name}")
+    est = estimators.create(cfg.estimator.name, bits=cfg.estimator.bits, grid=cfg.estimator.grid,
+                            **estimator_params(cfg.estimator))
+    w = torch.linspace(-0.5, 0.5, 11)
+    assert est.grad(w, 0.4, torch.ones_like(w)).shape == w.shape
+
+
+@pytest.mark.parametrize("name", options("optimizer"))
+def test_optimizer_options_instantiate(name):
+    cfg = make_cfg(f"optimizer={name}")
+    model = build_model("small_cnn", num_classes=10)
+    opt = build_optimizer(cfg.optimizer, [{"params": list(model.parameters())}])
+    assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_model_options_build(name):
+    cfg = make_cfg(f"model={name}")
+    model = build_model(cfg.model.name, num_classes=10, **cfg.model.kwargs)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiment_presets_compose(name):
+    cfg = make_cfg(f"experiment={name}")
+    assert cfg.experiment_name == name
+    est = estimators.create(cfg.estimator.name, bits=cfg.estimator.bits, grid=cfg.estimator.grid,
+                            **{k: v for k, v in cfg.estimator.items() if k not in ("name", "bits", "grid") and v is not None})
+    resolve_twin(cfg.pair.twin, est, cfg.optimizer.twin_warp, cfg.pair.twin_lr_scale)  # a valid pairing
+
+
+def test_preset_deltas():
+    assert make_cfg("experiment=adam").optimizer.betas[1] == 0.95
+    j = make_cfg("experiment=jitter")
+    assert (j.pair.twin, j.pair.twin_lr_scale) == ("self", 1.01)
+    base, down = make_cfg(tiny=False), make_cfg("experiment=scaledown", tiny=False)
+    assert down.optimizer.lr == pytest.approx(0.1 * base.optimizer.lr)
+    assert down.trainer.epochs == 3 * base.trainer.epochs
+    assert make_cfg("experiment=bits4").estimator.bits == 4
+    assert make_cfg("experiment=sgd_nowarp").pair.twin == "ste"
