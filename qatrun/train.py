@@ -204,6 +204,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
             )
         log_eval(0, models, data, cfg, comparer, tb, history)
 
+    last_eval = None  # the figures of the eval at the final step, reused by the summary
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not (cfg.trainer.progress and main),
                desc=f"{pair.est.name} vs {pair.spec.mode}", dynamic_ncols=True)
     t0 = time.time()
@@ -218,7 +219,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
                 bar.set_postfix({f"{r}_loss": f"{v:.3f}" for r, v in zip(runs, means)}
                                 | ({"agree": f"{figs['pair/quantized_agreement']:.4f}"} if comparer else {}))
         if main and (done % cfg.trainer.eval_every == 0 or done == steps):
-            log_eval(done, models, data, cfg, comparer, tb, history)
+            last_eval = log_eval(done, models, data, cfg, comparer, tb, history)
         if done % cfg.trainer.checkpoint_every == 0 or done == steps:
             ckpt.check_finite(pair.first_bad, runs, run_dir)
             if main:
@@ -228,7 +229,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     if not main:
         return {}
 
-    summary = final_summary(cfg, resolved, steps, pair.est, pair.spec, models, data, comparer, tracker, history)
+    final_eval = last_eval if last_eval is not None else evaluate(models, data, cfg.precision)
+    summary = final_summary(cfg, resolved, steps, pair.est, pair.spec, final_eval, comparer, tracker, history)
     tb.hparams(hparam_view(cfg), {k: v for k, v in summary.items() if "/" in k})
     tb.close()
     save_scatter(run_dir, pair.layers, pair.weights0, comparer, cfg.trainer.scatter_sample, cfg.seed)
@@ -288,11 +290,11 @@ def log_eval(step, models, data, cfg, comparer, tb, history) -> dict:
     return figs
 
 
-def final_summary(cfg, resolved, steps, est, spec, models, data, comparer, tracker, history) -> dict:
+def final_summary(cfg, resolved, steps, est, spec, final_eval, comparer, tracker, history) -> dict:
     out = {"steps": steps, "seed": cfg.seed, "estimator": est.name, "twin": spec.mode,
            "alpha": est.alpha if est.in_class else None,
            "twin_lr_factor": spec.lr_factor, "twin_lr_scale": spec.lr_scale, "twin_init": spec.init}
-    out.update(evaluate(models, data, cfg.precision))
+    out.update(final_eval)
     if comparer is not None:
         out.update({k: float(v) for k, v in comparer.compute().items()})
     if tracker is not None:
