@@ -103,3 +103,13 @@ def test_multirun_one_summary_per_job(tmp_path):
     combos = {(json.loads(p.read_text())["config"]["optimizer"]["name"], json.loads(p.read_text())["config"]["estimator"]["k"])
               for p in summaries}
     assert combos == {("sgd", 2.5), ("sgd", 5.5), ("adam", 2.5), ("adam", 5.5)}
+
+
+def test_compiled_pair_matches_eager(tmp_path):
+    """compile=true (torch.compile of each model) gives the eager figures within fp tolerance."""
+    common = ["trainer.max_steps=3", "trainer.eval_every=3", "trainer.changepoints=false"]
+    eager = run(tmp_path, "eager", *common)
+    compiled = run(tmp_path, "compiled", *common, "compile=true")
+    for key in ("pair/quantized_agreement", "est/test_acc", "twin/test_acc"):
+        assert compiled[key] == pytest.approx(eager[key], abs=2e-3), key
+    assert compiled["pair/alignment_error"] == pytest.approx(eager["pair/alignment_error"], rel=0.05)
