@@ -69,6 +69,14 @@ def estimator_params(est_cfg) -> dict:
     return {k: v for k, v in params.items() if k not in ("name", "bits", "grid") and v is not None}
 
 
+def to_host(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """0-dim device tensors to Python floats in one transfer (one sync, not one per metric)."""
+    if not values:
+        return {}
+    flat = torch.stack([v.detach().to(torch.float64).reshape(()) for v in values.values()]).tolist()
+    return dict(zip(values, flat))
+
+
 def levels(layers) -> list[torch.Tensor]:
     return [l.grid.level_index(l.weight.detach(), l.m).to(torch.int16) for _, l in layers]
 
@@ -88,7 +96,7 @@ def evaluate(models, data, precision) -> dict[str, float]:
                 agg.update(logits[0], logits[0], y, losses[0], losses[0])
     for m in models:
         m.train()
-    r = {k: float(v) for k, v in agg.compute().items()}
+    r = to_host(agg.compute())
     out = {"est/test_acc": r["acc_a"], "est/test_loss": r["loss_a"]}
     if len(models) == 2:
         out.update({
@@ -260,7 +268,7 @@ def compile_step(model, optimizer, scheduler, cfg):
 def log_step(step, comparer, losses, lrs, runs, tb, history) -> dict:
     figs = {}
     if comparer is not None:
-        figs = {k: float(v) for k, v in comparer.compute().items()}
+        figs = to_host(comparer.compute())
     if losses is not None:
         for r, v in zip(runs, losses):
             figs[f"{r}/loss"] = v
@@ -296,9 +304,9 @@ def final_summary(cfg, resolved, steps, est, spec, final_eval, comparer, tracker
            "twin_lr_factor": spec.lr_factor, "twin_lr_scale": spec.lr_scale, "twin_init": spec.init}
     out.update(final_eval)
     if comparer is not None:
-        out.update({k: float(v) for k, v in comparer.compute().items()})
+        out.update(to_host(comparer.compute()))
     if tracker is not None:
-        out.update({f"pair/{k}": float(v) for k, v in tracker.compute().items()})
+        out.update({f"pair/{k}": v for k, v in to_host(tracker.compute()).items()})
     if history["log_step"]:
         out["est/loss"] = history["est/loss"][-1]
         if comparer is not None:
