@@ -136,8 +136,10 @@ def label_keys(groups: list[dict], drop=frozenset()) -> list[str]:
 
     union = sorted({k for g in groups for k in g if k not in IGNORED and k not in drop})
     if "experiment_name" in union and varies("experiment_name", ()):
-        within = ("experiment_name", "optimizer.name", "estimator.name")
-        return ["experiment_name"] + [k for k in union if k != "experiment_name" and varies(k, within)]
+        within = [k for k in union if k != "experiment_name" and varies(k, ("experiment_name",))]
+        # bare names first (optimizer, twin), then the rest; an optimizer's own switch adds nothing
+        keys = [k for k in BARE if k in within] + [k for k in within if k not in BARE and k != "optimizer.twin_warp"]
+        return ["experiment_name"] + keys
     differ = [k for k in union if varies(k) or (k in BARE + ("optimizer.lr",) and varies(k, ()))]
     keys = [k for k in BARE if k in union and (k in ALWAYS or k in differ)]
     return keys + [k for k in differ if k not in keys]
@@ -366,7 +368,7 @@ def lr_law(runs: list[Run], family_by, notes: list) -> dict:
     keys = [k for k in (family_by or label_keys(flats, drop)) if k not in ("optimizer.name", "pair.twin", "optimizer.lr")]
     result = {}
     for (key, rs), extra in zip(fams.items(), make_labels(flats, keys) if keys else [""] * len(fams)):
-        label = f"{describe(rs[0])} {extra}".strip()
+        label = f"{describe(rs[0])} {re.sub(r' #[0-9]+$', '', extra)}".strip()  # describe() tells families apart
         lrs = sorted({r.value("optimizer.lr") for r in rs})
         entry = {"config": dict(zip(family_by, key)) if family_by else {}, "lr": lrs, "n_seeds": []}
         for name, f in [("disagreement", lambda r: 1 - r.value("pair/quantized_agreement")),
