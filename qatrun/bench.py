@@ -11,13 +11,12 @@ The qatrun config is the default one (``qatrun/configs``: tanh estimator, 2 bits
   ``zero_grad(set_to_none)``, no lr scheduler,
   same precision (autocast) and memory format as the qatrun runs. On CUDA also ``plain_compiled``
   (the same step with ``torch.compile(model)``).
-* ``single`` (b): one quantized qatrun run (tanh estimator, the default config), built and stepped
-  with the trainer's own code: ``train.build_run``, ``pair.param_groups``,
-  ``optim.build_optimizer``/``build_scheduler``, ``train.compile_step``.
-* ``pair`` (c): the estimator run and its twin (``resolve_twin("auto")`` + ``make_twin``) on the
-  same batch, exactly the body of the loop in ``train.train``: both steps, the loss sums and NaN
+* ``single`` (b): one quantized qatrun run (tanh estimator, the default config, ``pair.twin=none``)
+  built and stepped by the trainer's own ``train.Pair``.
+* ``pair`` (c): the estimator run and its twin (``pair.twin=auto``) on the same batch, through the
+  same ``train.Pair.step`` the loop in ``train.train`` calls: both steps, the loss sums and NaN
   watch, ``WeightComparer.accumulate`` and ``ChangePointTracker.update`` every step, and every
-  ``log_every`` steps (default 10) the host sync, ``ckpt.check_finite`` and ``train.log_step``
+  ``log_every`` steps (default 10) ``Pair.mean_losses`` (host sync, NaN check) and ``train.log_step``
   (comparer metrics to floats; the TensorBoard writer is a no-op here). Evaluation and
   checkpoints (every 50/100 steps in the trainer) are not part of the step and are not timed.
 

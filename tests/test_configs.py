@@ -56,8 +56,10 @@ def test_model_options_build(name):
 def test_experiment_presets_compose(name):
     cfg = make_cfg(f"experiment={name}")
     assert cfg.experiment_name == name
+    from qatrun.train import estimator_params
+
     est = estimators.create(cfg.estimator.name, bits=cfg.estimator.bits, grid=cfg.estimator.grid,
-                            **{k: v for k, v in cfg.estimator.items() if k not in ("name", "bits", "grid") and v is not None})
+                            **estimator_params(cfg.estimator))
     resolve_twin(cfg.pair.twin, est, cfg.optimizer.twin_warp, cfg.pair.twin_lr_scale)  # a valid pairing
 
 
