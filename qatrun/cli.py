@@ -12,7 +12,7 @@ SHOWN = ("pair/quantized_agreement", "pair/alignment_error", "pair/sequence_agre
          "pair/logit_mse", "est/test_acc", "twin/test_acc", "alpha", "twin_lr_factor", "twin_init")
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://qatrun.configs", config_name="config")
 def _main(cfg: DictConfig) -> float | None:
     from qatrun import dist
     from qatrun.train import TrainingError, train  # imported late: --help stays fast

@@ -1,7 +1,7 @@
 """Weight gradient estimators: g(w), the twin's learning-rate factor alpha, the mirror map M.
 
 The forward pass is always the hard quantizer Q (``quant.Grid.quantize``); an estimator only
-replaces dQ/dw by a multiplier g(w). Paper (arXiv 2405.05171, PAPER.md): for g periodic with the
+replaces dQ/dw by a multiplier g(w). The paper (arXiv 2405.05171; docs/method.md): for g periodic with the
 grid and bounded away from zero, with ``Delta`` the level spacing and ``c`` any rounding threshold,
 
     alpha = Delta / integral_bin du / g(u)            (harmonic mean of g over one bin)
@@ -27,35 +27,36 @@ from typing import Callable
 
 import torch
 
+from qatrun import checks
 from qatrun.quant import Grid
+from qatrun.registry import Registry
 
-_REGISTRY: dict[str, type["Estimator"]] = {}
+ESTIMATORS: Registry = Registry("estimator")
 
 # The sharpness the authors used for the tanh (DSQ) estimator, per bit width.
 TANH_DEFAULT_K = {1: 2.0, 2: 5.5, 4: 18.0}
 
 
 def register(name: str):
+    """Class decorator: register an estimator under ``name`` (also its ``.name``)."""
     def deco(cls):
         cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        return ESTIMATORS.register(name)(cls)
 
     return deco
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    return ESTIMATORS.names()
 
 
 def create(name: str, bits: int = 2, grid: str | Grid = "he_uniform", **params) -> "Estimator":
     """Build an estimator by registry name: ``create("tanh", bits=2, k=5.5)``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown estimator {name!r}; valid estimators: {', '.join(names())}")
+    ESTIMATORS.get(name)  # an unknown name fails here, listing the valid ones
     g = grid if isinstance(grid, Grid) else Grid(grid, bits)
     if g.bits != bits:
         raise ValueError(f"grid has {g.bits} bits but the estimator was asked for {bits}")
-    return _REGISTRY[name](g, **params)
+    return ESTIMATORS.build(name, g, **params)
 
 
 class NotInClassError(ValueError):
@@ -205,7 +206,7 @@ class PWL(STE):
 
 @register("tanh")
 class TanhDSQ(PeriodicEstimator):
-    """DSQ (Gong et al. 2019) as the authors wrote it, closed forms from PAPER.md.
+    """DSQ (Gong et al. 2019) as the authors wrote it, closed forms derived in docs/method.md.
 
     With ``kt = k / m`` and ``e = kt * Delta / 2 = k / (n - 1)``, ``s = 1 / tanh(e)``:
     ``g = e * s * sech^2(2e (f - 1/2))`` (mean 1 over a bin),
@@ -220,8 +221,7 @@ class TanhDSQ(PeriodicEstimator):
                 known = ", ".join(f"{b} bits: k={v}" for b, v in TANH_DEFAULT_K.items())
                 raise ValueError(f"tanh: no default sharpness k for {grid.bits} bits ({known}); pass k explicitly")
             k = TANH_DEFAULT_K[grid.bits]
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not (k > 0 and math.isfinite(k)):
-            raise ValueError(f"tanh: sharpness k must be a positive finite number, got {k!r}")
+        checks.positive("tanh: sharpness k", k)
         self.k = float(k)
         self.e = self.k / grid.n_bins
         self.s = 1.0 / math.tanh(self.e)
@@ -341,8 +341,7 @@ class EWGS(Estimator):
 
     def __init__(self, grid: Grid, delta: float = 0.2):
         super().__init__(grid)
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (0 <= delta < 2):
-            raise ValueError(f"ewgs: delta must be a number in [0, 2) so that g stays positive, got {delta!r}")
+        checks.in_range("ewgs: delta (g stays positive)", delta, 0, 2)
         self.delta = float(delta)
 
     def params(self):

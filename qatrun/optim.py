@@ -1,4 +1,10 @@
-"""Optimizers (one registry) and the authors' schedule: linear warm-up from 0, then cosine to 0."""
+"""Optimizers (one registry) and the authors' schedule: linear warm-up from 0, then cosine to 0.
+
+Each optimizer is registered with ``warps``: whether the theorem (arXiv 2405.05171) asks for a
+warped twin under it. For SGD (with momentum and weight decay: linear in the gradient) an
+estimator ``g`` is the STE at ``alpha * lr`` from ``M(w0)``; Adam's per-weight normalization
+cancels ``g``, so its twin is the plain STE. ``pair.twin=auto`` reads this.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +12,38 @@ import math
 
 import torch
 
-# Config keys that describe how qatrun uses the optimizer rather than the optimizer itself.
-_NOT_KWARGS = ("name", "lr", "twin_warp")
+from qatrun import checks
+from qatrun.registry import Registry
+
+OPTIMIZERS: Registry = Registry("optimizer")
 
 
-def _sgd(groups, lr, momentum, nesterov, weight_decay):
+@OPTIMIZERS.register("sgd", warps=True)
+def sgd(groups, lr, momentum, nesterov, weight_decay):
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
 
-def _adam(groups, lr, betas, eps, weight_decay):
+@OPTIMIZERS.register("adam", warps=False)
+def adam(groups, lr, betas, eps, weight_decay):
     return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
-def _adamw(groups, lr, betas, eps, weight_decay):
+@OPTIMIZERS.register("adamw", warps=False)
+def adamw(groups, lr, betas, eps, weight_decay):
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
-OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
+def warps(name: str) -> bool:
+    """Does ``pair.twin=auto`` warp the twin (``M(w0)``, ``alpha * lr``) under this optimizer?"""
+    return OPTIMIZERS.meta(name)["warps"]
 
 
-def build_optimizer(opt_cfg, groups) -> torch.optim.Optimizer:
-    """``opt_cfg``: the optimizer config group (name, lr, and the optimizer's own keys)."""
-    if opt_cfg.name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {opt_cfg.name!r}; valid optimizers: {', '.join(sorted(OPTIMIZERS))}")
-    if not (opt_cfg.lr > 0 and math.isfinite(opt_cfg.lr)):
-        raise ValueError(f"optimizer.lr must be a positive number, got {opt_cfg.lr}")
-    if opt_cfg.weight_decay < 0:
-        raise ValueError(f"optimizer.weight_decay must be >= 0, got {opt_cfg.weight_decay}")
-    kwargs = {k: v for k, v in opt_cfg.items() if k not in _NOT_KWARGS}
-    return OPTIMIZERS[opt_cfg.name](groups, lr=opt_cfg.lr, **kwargs)
+def build_optimizer(name: str, groups, lr: float, **params) -> torch.optim.Optimizer:
+    """``name``'s optimizer over ``groups`` at peak ``lr``; ``params``: its own options by name."""
+    OPTIMIZERS.get(name)
+    checks.positive("optimizer.lr", lr)
+    checks.in_range("optimizer.weight_decay", params.get("weight_decay", 0.0), 0, math.inf)
+    return OPTIMIZERS.build(name, groups, lr=lr, **params)
 
 
 def warmup_cosine(step: int, total: int, warmup_frac: float) -> float:
@@ -48,6 +57,5 @@ def warmup_cosine(step: int, total: int, warmup_frac: float) -> float:
 
 
 def build_scheduler(optimizer, total_steps: int, warmup_frac: float):
-    if not 0 <= warmup_frac < 1:
-        raise ValueError(f"trainer.warmup_frac must be in [0, 1), got {warmup_frac}")
+    checks.in_range("trainer.warmup_frac", warmup_frac, 0, 1)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup_frac))

@@ -1,6 +1,6 @@
-"""Build the estimator run and its twin, and the weight-level metrics that compare them.
+"""The pair: the estimator run and its twin, built once, stepped in lockstep, saved and restored.
 
-The twin (PAPER.md, arXiv 2405.05171) is a clipped-STE run that should track the estimator run:
+The twin (arXiv 2405.05171; README, "pair.twin") is a clipped-STE run that should track the estimator run:
 for SGD it starts at ``M(w0)`` and trains its quantized weights at ``alpha * lr`` (a parameter
 group of their own: scaling the learning rate, not the gradient, keeps weight decay and momentum
 right); for Adam it is plain STE with the same init and lr. Everything that is not a quantized
@@ -9,15 +9,21 @@ weight (biases, float layers, batch-norm) starts identical and keeps the same lr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from qatrun import estimators
+from qatrun import dist, estimators
 from qatrun.estimators import Estimator
-from qatrun.layers import quant_layers, set_estimator
+from qatrun.layers import quant_layers, quantize_model, set_estimator
+from qatrun.metrics import ChangePointTracker, FunctionAgreement, WeightComparer
+from qatrun.metrics.common import to_host
+from qatrun.models import build_model, float_names
+from qatrun.optim import build_optimizer, build_scheduler
 
 
 @dataclass(frozen=True)
@@ -89,63 +95,209 @@ def param_groups(model: nn.Module, lr: float, quant_factor: float = 1.0) -> list
     return groups
 
 
-class WeightComparer:
-    """Quantized agreement and alignment between two runs' quantized weights, all on the device.
+def build_run(model: str, num_classes: int, estimator: Estimator, seed: int, he_init: bool = True,
+              **model_kwargs) -> nn.Module:
+    """The estimator run's model: built from ``seed``, its quantized layers swapped in, He-uniform init."""
+    torch.manual_seed(seed)
+    net = build_model(model, num_classes=num_classes, **model_kwargs)
+    quantize_model(net, estimator, skip=float_names(model, net), reinit=he_init,
+                   generator=torch.Generator().manual_seed(seed))
+    return net
 
-    ``init_map`` is the map the twin's init went through (``M`` or identity); the alignment error
-    is ``sum |map(w_est) - w_twin| / m`` over the twin's distance travelled,
-    ``sum_t sum |w_twin(t+1) - w_twin(t)| / m``, which ``accumulate`` adds every step.
+
+def autocast(precision: str, device: torch.device):
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def compile_step(model, optimizer, scheduler, precision: str = "fp32", channels_last: bool = False,
+                 compile: bool = False):
+    """One training step of one run: forward, backward, optimizer and scheduler step; returns the loss."""
+    device = next(model.parameters()).device
+    fwd = torch.compile(model) if compile else model
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def step(x, y):
+        with autocast(precision, device):
+            loss = F.cross_entropy(fwd(x.contiguous(memory_format=fmt)).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        return loss
+
+    return step
+
+
+def levels(layers) -> list[torch.Tensor]:
+    """Level index of every quantized weight, per layer (int16, on the device)."""
+    return [l.grid.level_index(l.weight.detach(), l.m).to(torch.int16) for _, l in layers]
+
+
+class Pair:
+    """The estimator run and its twin (or the run alone) and one lockstep iteration of both.
+
+    Built from plain values: the estimator run's quantized ``model`` (see ``build_run``), its
+    estimator, the ``TwinSpec``, the optimizer (registry name, peak ``lr`` and its own options) and
+    the schedule length. ``measure=False`` (torchrun ranks other than 0) skips the metrics.
+    ``train.train`` drives it; the benchmark times exactly the same code.
     """
 
-    def __init__(self, est_layers, twin_layers, use_mirror: bool):
-        self.names = [n for n, _ in est_layers]
-        self.est = [l for _, l in est_layers]
-        self.twin = [l for _, l in twin_layers]
-        self.use_mirror = use_mirror
-        dev = self.twin[0].weight.device
-        self.inv_m = [1.0 / l.m for l in self.twin]
-        self.travelled = torch.zeros((), dtype=torch.float64, device=dev)
-        self._prev = [l.weight.detach().clone() for l in self.twin]
+    def __init__(self, model: nn.Module, estimator: Estimator, spec: TwinSpec, *, optimizer: str, lr: float,
+                 optimizer_options: dict, steps: int, warmup_frac: float, precision: str = "fp32",
+                 channels_last: bool = False, compile: bool = False, changepoints: bool = True,
+                 measure: bool = True):
+        self.est, self.spec, self.precision = estimator, spec, precision
+        device = next(model.parameters()).device
+        models = [model]
+        if spec.estimator is not None:
+            models.append(make_twin(model, spec))
+        if channels_last:
+            models = [m.to(memory_format=torch.channels_last) for m in models]
+        self.optims = [build_optimizer(optimizer, param_groups(model, lr), lr, **optimizer_options)]
+        if len(models) == 2:  # the twin's quantized weights get lr * alpha in a group of their own
+            groups = param_groups(models[1], lr * spec.lr_scale, spec.lr_factor)
+            self.optims.append(build_optimizer(optimizer, groups, lr, **optimizer_options))
+        self.scheds = [build_scheduler(o, steps, warmup_frac) for o in self.optims]
+        self.models, self.runs = models, ["est", "twin"][: len(models)]
+        self.layers = [quant_layers(m) for m in models]
+        paired = len(models) == 2 and measure
+        self.comparer = WeightComparer(self.layers[0], self.layers[1], spec.init == "mirror") if paired else None
+        self.tracker = None
+        if self.comparer is not None and changepoints:
+            self.tracker = ChangePointTracker(levels(self.layers[0]), levels(self.layers[1]))
+        self.weights0 = [[l.weight.detach().clone() for _, l in ls] for ls in self.layers]
+        self.step_fns = [compile_step(dist.wrap(m, device), o, s, precision, channels_last, compile)
+                         for m, o, s in zip(models, self.optims, self.scheds)]
+        self.loss_sums = torch.zeros(len(models), device=device)
+        self.first_bad = torch.full((len(models),), -1, dtype=torch.long, device=device)
+        self.since = 0
+
+    def step(self, step: int, x, y, timer=None) -> None:
+        """One lockstep iteration on batch (x, y): both runs, then the on-device metric accumulators.
+        ``timer(name)`` (a context manager factory) lets the benchmark time each section."""
+        timer = timer or (lambda name: contextlib.nullcontext())
+        for i, fn in enumerate(self.step_fns):
+            with timer(f"{self.runs[i]}_step"):
+                loss = fn(x, y).detach()
+                self.loss_sums[i] += loss
+                self.first_bad[i] = torch.where((self.first_bad[i] < 0) & ~torch.isfinite(loss), step + 1,
+                                                self.first_bad[i])
+        if self.comparer is not None:
+            with timer("accumulate"):
+                self.comparer.accumulate()
+        if self.tracker is not None:
+            with timer("tracker"):
+                self.tracker.update(step + 1, levels(self.layers[0]), levels(self.layers[1]))
+        self.since += 1
+
+    def first_nonfinite(self) -> tuple[str, int] | None:
+        """(run, step) of the first NaN/Inf loss so far, or None (one host sync)."""
+        for run, step in zip(self.runs, self.first_bad.tolist()):
+            if step >= 0:
+                return run, step
+        return None
+
+    def mean_losses(self) -> list[float]:
+        """The mean loss of each run since the last call (one host sync; the global batch's under torchrun)."""
+        means = dist.mean(self.loss_sums / max(self.since, 1)).tolist()
+        self.loss_sums.zero_()
+        self.since = 0
+        return means
+
+    def lrs(self) -> list[float]:
+        """Each run's current lr of its quantized weights."""
+        return [s.get_last_lr()[0] for s in self.scheds]
+
+    def weight_figures(self) -> dict[str, torch.Tensor]:
+        """Quantized agreement and alignment (0-dim device tensors; empty without a measured twin)."""
+        return self.comparer.compute() if self.comparer is not None else {}
+
+    def changepoint_figures(self) -> dict[str, torch.Tensor]:
+        return {f"pair/{k}": v for k, v in self.tracker.compute().items()} if self.tracker is not None else {}
 
     @torch.no_grad()
-    def accumulate(self):
-        """Add this step's twin movement to the distance travelled (no host sync)."""
-        cur = [l.weight.detach() for l in self.twin]
-        diffs = torch._foreach_sub(cur, self._prev)
-        torch._foreach_abs_(diffs)
-        norms = torch._foreach_norm(diffs, 1)
-        self.travelled += torch.stack([n.double() * s for n, s in zip(norms, self.inv_m)]).sum()
-        torch._foreach_copy_(self._prev, cur)
-
-    def mapped(self, layer) -> torch.Tensor:
-        w = layer.weight.detach()
-        return layer.estimator.mirror(w, layer.m) if self.use_mirror else w
-
-    @torch.no_grad()
-    def compute(self) -> dict[str, torch.Tensor]:
-        """0-dim tensors: overall and per-layer agreement, alignment distance and error."""
-        out, agree, total, dist = {}, 0, 0, 0
-        for name, le, lt, inv_m in zip(self.names, self.est, self.twin, self.inv_m):
-            g = le.grid
-            same = (g.level_index(le.weight, le.m) == g.level_index(lt.weight, lt.m)).sum()
-            d = (self.mapped(le).double() - lt.weight.double()).abs().sum() * inv_m
-            out[f"layers/{name}/quantized_agreement"] = same / le.weight.numel()
-            agree, total, dist = agree + same, total + le.weight.numel(), dist + d
-        out["pair/quantized_agreement"] = agree / total
-        out["pair/alignment_distance"] = dist
-        out["pair/distance_travelled"] = self.travelled.clone()
-        out["pair/alignment_error"] = torch.where(self.travelled > 0, dist / self.travelled, torch.zeros_like(dist))
+    def evaluate(self, test_batches) -> dict[str, float]:
+        """Test loss and accuracy of each run, and the function agreement of the pair."""
+        for m in self.models:
+            m.eval()
+        agg = FunctionAgreement()
+        device = self.loss_sums.device
+        with autocast(self.precision, device):
+            for x, y in test_batches:
+                logits = [m(x).float() for m in self.models]
+                losses = [F.cross_entropy(lg, y, reduction="none") for lg in logits]
+                agg.update(logits[0], logits[-1], y, losses[0], losses[-1])
+        for m in self.models:
+            m.train()
+        r = to_host(agg.compute())
+        out = {"est/test_acc": r["acc_a"], "est/test_loss": r["loss_a"]}
+        if len(self.models) == 2:
+            out.update({
+                "twin/test_acc": r["acc_b"], "twin/test_loss": r["loss_b"],
+                "pair/inference_agreement": r["inference_agreement"],
+                "pair/incorrect_inference_agreement": r["incorrect_inference_agreement"],
+                "pair/logit_mse": r["logit_mse"], "pair/logit_mad": r["logit_mad"],
+            })
         return out
 
-    @torch.no_grad()
-    def residuals(self) -> dict[str, torch.Tensor]:
-        """Per layer ``map(w_est) - w_twin`` (for histograms)."""
-        return {n: (self.mapped(le) - lt.weight.detach()).flatten() for n, le, lt in zip(self.names, self.est, self.twin)}
+    def weight_sample(self, n: int, seed: int) -> dict[str, torch.Tensor] | None:
+        """A fixed random sample of ``n`` quantized weights for the report's scatter plots: initial and
+        final weights of both runs, ``map(w_est)``, the range ``m``, the final level index of each
+        run, and the grid's rounding thresholds in units of ``m`` (the same for every layer)."""
+        if self.comparer is None:
+            return None
+        flat = lambda ts: torch.cat([t.flatten().float().cpu() for t in ts])
+        (_, first), *_ = self.layers[0]
+        sample = dict(
+            est0=flat(self.weights0[0]), twin0=flat(self.weights0[1]),
+            est=flat(l.weight.detach() for _, l in self.layers[0]),
+            twin=flat(l.weight.detach() for _, l in self.layers[1]),
+            est_mapped=flat(self.comparer.mapped(l) for _, l in self.layers[0]),
+            m=torch.cat([torch.full((l.weight.numel(),), l.m) for _, l in self.layers[0]]),
+            level_est=torch.cat([t.flatten().long().cpu() for t in levels(self.layers[0])]),
+            level_twin=torch.cat([t.flatten().long().cpu() for t in levels(self.layers[1])]),
+        )
+        idx = torch.randperm(sample["est0"].numel(), generator=torch.Generator().manual_seed(seed))[:n]
+        sample = {k: v[idx].clone() for k, v in sample.items()}
+        sample["thresholds"] = first.grid.thresholds(1.0).float().cpu()
+        return sample
 
-    def state_dict(self):
-        return {"travelled": self.travelled.clone(), "prev": [p.clone() for p in self._prev]}
+    def resident_tensors(self) -> list[torch.Tensor]:
+        """Everything that lives between steps (parameters, buffers, optimizer and metric state)."""
+        out = []
+        for m, o in zip(self.models, self.optims):
+            out += [*m.parameters(), *m.buffers()]
+            out += [v for st in o.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+        if self.comparer is not None:
+            out += list(self.comparer.state_tensors())
+        if self.tracker is not None:
+            out += list(self.tracker.state.values())
+        return out + [self.loss_sums, self.first_bad]
 
-    def load_state_dict(self, state):
-        self.travelled.copy_(state["travelled"])
-        for p, s in zip(self._prev, state["prev"]):
-            p.copy_(s)
+    def state_dict(self) -> dict:
+        return {
+            "models": [m.state_dict() for m in self.models],
+            "optims": [o.state_dict() for o in self.optims],
+            "scheds": [s.state_dict() for s in self.scheds],
+            "comparer": self.comparer.state_dict() if self.comparer is not None else None,
+            "tracker": self.tracker.state_dict() if self.tracker is not None else None,
+            "weights0": self.weights0,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            for m, s in zip(self.models, state["models"]):
+                m.load_state_dict(s)
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint holds weights of another model: {str(exc).splitlines()[0]}") from None
+        for o, s in zip(self.optims, state["optims"]):
+            o.load_state_dict(s)
+        for sc, s in zip(self.scheds, state["scheds"]):
+            sc.load_state_dict(s)
+        if self.comparer is not None:
+            self.comparer.load_state_dict(state["comparer"])
+        if self.tracker is not None:
+            self.tracker.load_state_dict(state["tracker"])
+        self.weights0 = state["weights0"]

@@ -24,7 +24,7 @@ GRIDS = ("he_uniform", "symmetric")
 
 
 def check_bits(bits) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+    if not (isinstance(bits, int) and not isinstance(bits, bool)) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
     return bits
 

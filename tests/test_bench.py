@@ -5,12 +5,16 @@ No timing assertion here: benchmarks are not unit tests.
 
 import json
 import math
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
 import torch
+from hydra import compose, initialize_config_module
 
 from qatrun import bench
+from qatrun.bench import cases, cli, measure
 from qatrun.layers import QuantMixin
 
 TINY = ["--cases", "cpu-small", "--batch", "8", "--warmup", "2", "--steps", "2", "--rounds", "1", "--log-every", "2"]
@@ -64,20 +68,21 @@ def test_cli_writes_every_field(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_case():
-    case = replace(bench.CASES["cpu-small"], batch=8)
-    return bench.run_case(case, warmup=2, steps=2, rounds=1, log_every=2, verbose=False, keep=True)
+    case = replace(cases.CASES["cpu-small"], batch=8)
+    return measure.run_case(case, warmup=2, steps=2, rounds=1, log_every=2, verbose=False, keep=True)
 
 
 def test_pair_trains_both_runs_in_lockstep(tiny_case):
-    pair = tiny_case["_runners"]["pair"]
-    est_layers, twin_layers = pair.pair.layers
-    est0, twin0 = pair.pair.weights0
+    loop = tiny_case["_runners"]["pair"]
+    pair = loop.pair
+    est_layers, twin_layers = pair.layers
+    est0, twin0 = pair.weights0
     iterations = 2 + 2 + 1  # warm-up, timed, memory pass
-    assert pair.step == iterations and pair.tracker.last_step == iterations
+    assert loop.step == iterations and pair.tracker.last_step == iterations
     assert pair.spec.init == "mirror" and pair.spec.lr_factor == pytest.approx(0.609523, abs=1e-6)
-    lr = pair.cfg.optimizer.lr
-    assert [g["lr"] for g in pair.optimizers[0].param_groups] == pytest.approx([lr, lr], rel=1e-4)
-    assert [g["lr"] for g in pair.optimizers[1].param_groups] == pytest.approx([lr * 0.609523, lr], rel=1e-4)
+    lr = loop.cfg.optimizer.lr
+    assert [g["lr"] for g in pair.optims[0].param_groups] == pytest.approx([lr, lr], rel=1e-4)
+    assert [g["lr"] for g in pair.optims[1].param_groups] == pytest.approx([lr * 0.609523, lr], rel=1e-4)
 
     moved_est = moved_twin = 0
     for (_, le), (_, lt), e0, t0 in zip(est_layers, twin_layers, est0, twin0):
@@ -93,30 +98,48 @@ def test_pair_trains_both_runs_in_lockstep(tiny_case):
     figs = {k: float(v) for k, v in pair.comparer.compute().items()}
     assert figs["pair/distance_travelled"] > 0
     assert figs["pair/quantized_agreement"] > 0.9  # and they track each other
-    assert pair.history["log_step"] == [2, 4, 5]  # warm-up log, timed log, the memory pass's forced log
-    assert all(math.isfinite(v) for v in pair.history["est/loss"] + pair.history["twin/loss"])
+    history = loop.rec.history
+    assert history["log_step"] == [2, 4, 5]  # warm-up log, timed log, the memory pass's forced log
+    assert all(math.isfinite(v) for v in history["est/loss"] + history["twin/loss"])
 
 
 def test_single_and_plain_train_and_plain_is_plain_torch(tiny_case):
     runners = tiny_case["_runners"]
     single = runners["single"]
-    assert single.comparer is None and single.tracker is None and len(single.models) == 1
-    assert any(not torch.equal(l.weight.detach(), w0) for (_, l), w0 in zip(single.pair.layers[0], single.pair.weights0[0]))
+    assert single.pair.comparer is None and single.pair.tracker is None and len(single.pair.models) == 1
+    assert any(not torch.equal(l.weight.detach(), w0)
+               for (_, l), w0 in zip(single.pair.layers[0], single.pair.weights0[0]))
     plain = runners["plain"]
     assert not any(isinstance(m, QuantMixin) for m in plain.model.modules())
     assert isinstance(plain.opt, torch.optim.SGD) and plain.opt.param_groups[0]["momentum"] == 0.9
     assert plain.opt.param_groups[0]["lr"] == single.cfg.optimizer.lr
-    assert [p.shape for p in plain.model.parameters()] == [p.shape for p in single.models[0].parameters()]
+    assert [p.shape for p in plain.model.parameters()] == [p.shape for p in single.pair.models[0].parameters()]
     assert all(len(plain.opt.state[p]) for p in plain.model.parameters())  # momentum buffers exist: it stepped
 
 
 def test_case_selection():
-    assert [c.name for c in bench.select_cases("cpu-small")] == ["cpu-small"]
-    assert bench.select_cases("auto")[0].name == "cpu-small"
+    assert [c.name for c in cases.select_cases("cpu-small")] == ["cpu-small"]
+    assert cases.select_cases("auto")[0].name == "cpu-small"
     with pytest.raises(SystemExit, match="unknown case"):
-        bench.select_cases("cpu-small,nope")
+        cases.select_cases("cpu-small,nope")
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="need CUDA"):
-            bench.select_cases("gpu-small128")
+            cases.select_cases("gpu-small128")
     with pytest.raises(SystemExit):
-        bench.parse_args(["--steps", "0"])
+        cli.parse_args(["--steps", "0"])
+
+
+def test_steps_default_to_the_configs_log_every():
+    with initialize_config_module("qatrun.configs", version_base="1.3"):
+        log_every = compose("config").trainer.log_every
+    res = measure.run_case(replace(cases.CASES["cpu-small"], batch=8), warmup=1, rounds=1, verbose=False, keep=True)
+    assert res["steps_per_round"] == res["log_every"] == log_every
+    # warm-up 1 step, timed steps 2..log_every + 1 (one log), then the memory pass's forced log
+    assert res["_runners"]["pair"].rec.history["log_step"] == [log_every, log_every + 2]
+
+
+def test_package_entry_points():
+    assert bench.main is cli.main and bench.run is cli.run and bench.run_case is measure.run_case
+    done = subprocess.run([sys.executable, "-m", "qatrun.bench", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "usage: qatrun-bench" in done.stdout and "--log-every" in done.stdout

@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import qatrun
-from qatrun import estimators
+from qatrun import estimators, optim
 from qatrun.models import build_model
 from qatrun.optim import build_optimizer
 from qatrun.pair import resolve_twin
+from qatrun.train import group
 from tests.conftest import make_cfg
 
-CONFIGS = Path(qatrun.__file__).parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the top-level configs/, shipped as qatrun.configs
 
 
 def options(group):
@@ -28,11 +28,8 @@ def test_groups_present():
 
 @pytest.mark.parametrize("name", options("estimator"))
 def test_estimator_options_instantiate(name):
-    from qatrun.train import estimator_params
-
     cfg = make_cfg(f"estimator={name}")
-    est = estimators.create(cfg.estimator.name, bits=cfg.estimator.bits, grid=cfg.estimator.grid,
-                            **estimator_params(cfg.estimator))
+    est = estimators.create(*group(cfg.estimator)[:1], **group(cfg.estimator)[1])
     w = torch.linspace(-0.5, 0.5, 11)
     assert est.grad(w, 0.4, torch.ones_like(w)).shape == w.shape
 
@@ -41,7 +38,8 @@ def test_estimator_options_instantiate(name):
 def test_optimizer_options_instantiate(name):
     cfg = make_cfg(f"optimizer={name}")
     model = build_model("small_cnn", num_classes=10)
-    opt = build_optimizer(cfg.optimizer, [{"params": list(model.parameters())}])
+    opt_name, options = group(cfg.optimizer)
+    opt = build_optimizer(opt_name, [{"params": list(model.parameters())}], options.pop("lr"), **options)
     assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
 
 
@@ -56,11 +54,8 @@ def test_model_options_build(name):
 def test_experiment_presets_compose(name):
     cfg = make_cfg(f"experiment={name}")
     assert cfg.experiment_name == name
-    from qatrun.train import estimator_params
-
-    est = estimators.create(cfg.estimator.name, bits=cfg.estimator.bits, grid=cfg.estimator.grid,
-                            **estimator_params(cfg.estimator))
-    resolve_twin(cfg.pair.twin, est, cfg.optimizer.twin_warp, cfg.pair.twin_lr_scale)  # a valid pairing
+    est = estimators.create(*group(cfg.estimator)[:1], **group(cfg.estimator)[1])
+    resolve_twin(cfg.pair.twin, est, optim.warps(cfg.optimizer.name), cfg.pair.twin_lr_scale)  # a valid pairing
 
 
 def test_preset_deltas():

@@ -268,7 +268,7 @@ def test_steps_must_increase():
 
 def test_hash_no_overflow_long_sequence():
     # a long oscillation-free walk: hash state must equal the exact Python polynomial hash
-    from qatrun.metrics import _BASES, _PRIMES
+    from qatrun.metrics.changepoints import _BASES, _PRIMES
 
     rng = random.Random(3)
     levels = [rng.randrange(256)]

@@ -113,10 +113,11 @@ def test_checkpoint_from_another_model(tmp_path):
 
     cfg = make_cfg("trainer.max_steps=2")
     train(cfg, tmp_path)
-    state = load(tmp_path / "checkpoint.pt")
-    state["models"][0] = {"weird.weight": torch.zeros(3)}
-    with pytest.raises(CheckpointError, match="another model"):
-        ck.restore(state, [torch.nn.Linear(2, 2)], [], [], None, None, {})
+    blob = load(tmp_path / "checkpoint.pt")
+    blob["state"]["pair"]["models"][0] = {"weird.weight": torch.zeros(3)}
+    ck.save(tmp_path, blob["step"], blob["config"], blob["state"])
+    with pytest.raises(ValueError, match="another model"):
+        train(cfg, tmp_path)  # the re-run resumes from the tampered checkpoint
 
 
 BAD = [

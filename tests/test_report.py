@@ -3,15 +3,21 @@
 import json
 import math
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
 
 from qatrun import report
+from qatrun.files import jsonable
+from qatrun.report.figures import fig_alignment, fig_movement, load_weights
+from qatrun.report.runs import load_run, make_labels, stats
+from qatrun.report.tables import COLUMNS, cell
 
 LRS = [0.001, 0.003, 0.01, 0.03, 0.1]
 FACTORS = {0: 0.9, 1: 1.1}  # per-seed multiplicative noise; the seed mean is the exact power law
 FIGS = ["curves", "agreement", "alignment_scatter", "movement_scatter"]
+THRESHOLDS = [-2 / 3, 0.0, 2 / 3]  # 2 bits, he_uniform: rounding thresholds in units of m
 
 
 def config(opt="sgd", lr=0.01, twin="auto", seed=0):
@@ -24,7 +30,10 @@ def config(opt="sgd", lr=0.01, twin="auto", seed=0):
             "trainer": {"max_steps": 30, "eval_every": 15, "log_every": 10, "progress": False}}
 
 
-def write_run(d, *, opt="sgd", lr=0.01, twin="auto", seed=0, qa=0.99, ae=0.1, acc=0.9, weights=True, n=400):
+def write_run(d, *, opt="sgd", lr=0.01, twin="auto", seed=0, qa=0.99, ae=0.1, acc=0.9, weights=True, levels=True,
+              n=400):
+    """A finished run without training. ``levels=False``: a weight sample as written before the trainer
+    saved thresholds and level indices."""
     d.mkdir(parents=True)
     (d / ".hydra").mkdir()
     (d / ".hydra" / "overrides.yaml").write_text(f"- optimizer.lr={lr}\n- seed={seed}\n")
@@ -51,18 +60,24 @@ def write_run(d, *, opt="sgd", lr=0.01, twin="auto", seed=0, qa=0.99, ae=0.1, ac
         est0 = (torch.rand(n, generator=g) * 2 - 1) * m
         est = est0 + 0.02 * torch.randn(n, generator=g)
         twin_w = est + 0.005 * torch.randn(n, generator=g)
-        torch.save({"est0": est0, "twin0": est0.clone(), "est": est, "twin": twin_w, "est_mapped": est * 1.01, "m": m},
-                   d / "weights_sample.pt")
+        sample = {"est0": est0, "twin0": est0.clone(), "est": est, "twin": twin_w, "est_mapped": est * 1.01, "m": m}
+        if levels:
+            th = torch.tensor(THRESHOLDS)
+            sample.update(thresholds=th, level_est=torch.bucketize(est / m, th),
+                          level_twin=torch.bucketize(twin_w / m, th))
+        torch.save(sample, d / "weights_sample.pt")
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    """A multirun-like tree: an SGD pair with 2 seeds, an Adam pair without a weight sample (NaN in one
-    metric), an unpaired (twin=none) run and an unfinished job; report written by the CLI."""
+    """A multirun-like tree: an SGD pair with 2 seeds (seed 1's weight sample in the format without saved
+    levels), an Adam pair without a weight sample (NaN in one metric), an unpaired (twin=none) run and an
+    unfinished job; report written by the CLI."""
     root = tmp_path_factory.mktemp("multirun")
     (root / "multirun.yaml").write_text("hydra: {}\n")
     for seed, f in FACTORS.items():
-        write_run(root / str(seed), lr=0.01, seed=seed, qa=1 - 0.1 * 0.01 * f, ae=2 * 0.01**0.5 * f, acc=0.90 + 0.02 * seed)
+        write_run(root / str(seed), lr=0.01, seed=seed, qa=1 - 0.1 * 0.01 * f, ae=2 * 0.01**0.5 * f,
+                  acc=0.90 + 0.02 * seed, levels=seed == 0)
     write_run(root / "2", opt="adam", lr=0.001, twin="ste", qa=0.98, ae=float("nan"), weights=False)
     write_run(root / "3", lr=0.03, twin="none")
     write_run(root / "5", lr=0.3, weights=False)
@@ -103,6 +118,9 @@ def test_pair_figures_exist(tree):
     assert any("sgd none" in n and "skipped" in n for n in notes)
     assert any("weights_sample.pt" in n for n in notes)
     assert any("cannot read weights_sample.pt" in n for n in notes)  # corrupt file: noted, no crash
+    # the old-format sample (seed 1) still gets its scatters (checked above), with a note; seed 0's does not
+    old = [n for n in notes if "predates saved levels" in n]
+    assert len(old) == 1 and "seed=1" in old[0] and "thresholds not drawn" in old[0]
     assert (pairs / "sgd_auto_lr=0.3_seed=0" / "curves.png").exists()
     assert any("without summary.json" in n for n in notes)
     assert any("lr_law figure skipped" in n for n in notes)  # no family with 3 lrs here
@@ -113,10 +131,10 @@ def test_table(tree):
     _, out = tree
     lines = (out / "table.md").read_text().splitlines()
     header = next(line for line in lines if line.startswith("| Comparison"))
-    for _, head, _ in report.COLUMNS:
+    for _, head, _ in COLUMNS:
         assert f"| {head} |" in header
     assert header.endswith("| n seeds |")
-    heads = ["Comparison"] + [h for _, h, _ in report.COLUMNS] + ["n seeds"]
+    heads = ["Comparison"] + [h for _, h, _ in COLUMNS] + ["n seeds"]
     rows = {}
     for r in lines[lines.index(header) + 2:]:
         cells = [c.strip() for c in r.strip("|").split("|")]
@@ -197,18 +215,18 @@ def test_labels_and_cells():
     adam = {"optimizer.name": "adam", "optimizer.betas": "[0.9, 0.95]", "optimizer.twin_warp": False,
             "pair.twin": "auto", "optimizer.lr": 0.001, "estimator.name": "tanh", "estimator.bits": 2}
     # optimizer-specific keys don't leak into labels; the lr does; estimator only when it differs
-    assert report.make_labels([sgd, adam]) == ["sgd auto lr=0.03", "adam auto lr=0.001"]
-    assert report.make_labels([sgd, {**sgd, "estimator.bits": 4}]) == ["sgd auto bits=2", "sgd auto bits=4"]
-    assert report.make_labels([sgd, dict(sgd)]) == ["sgd auto", "sgd auto #2"]
+    assert make_labels([sgd, adam]) == ["sgd auto lr=0.03", "adam auto lr=0.001"]
+    assert make_labels([sgd, {**sgd, "estimator.bits": 4}]) == ["sgd auto bits=2", "sgd auto bits=4"]
+    assert make_labels([sgd, dict(sgd)]) == ["sgd auto", "sgd auto #2"]
     # named experiments: the name, plus what varies inside one experiment
     named = [{**sgd, "experiment_name": "sgd"}, {**sgd, "experiment_name": "sgd", "optimizer.lr": 0.1},
              {**adam, "experiment_name": "adam"}, {**sgd, "experiment_name": "jitter", "pair.twin": "self"}]
-    assert report.make_labels(named) == ["sgd lr=0.03", "sgd lr=0.1", "adam lr=0.001", "jitter lr=0.03"]
-    st = report.stats([0.5, float("nan"), None, 0.7])
+    assert make_labels(named) == ["sgd lr=0.03", "sgd lr=0.1", "adam lr=0.001", "jitter lr=0.03"]
+    st = stats([0.5, float("nan"), None, 0.7])
     assert st["n"] == 2 and st["mean"] == pytest.approx(0.6) and st["std"] == pytest.approx(math.sqrt(0.02))
-    assert report.cell(st, "frac") == "0.6000 ± 0.1414" and report.cell(st, "err") == "0.600 ± 0.141"
-    assert report.cell(report.stats([]), "err") == "—"
-    assert report.clean({"a": float("nan"), "b": np.float32(1.5)}) == {"a": None, "b": 1.5}
+    assert cell(st, "frac") == "0.6000 ± 0.1414" and cell(st, "err") == "0.600 ± 0.141"
+    assert cell(stats([]), "err") == "—"
+    assert jsonable({"a": float("nan"), "b": np.float32(1.5)}) == {"a": None, "b": 1.5}
 
 
 def test_schema_drift_does_not_split_groups(tmp_path):
@@ -222,6 +240,87 @@ def test_schema_drift_does_not_split_groups(tmp_path):
     res = report.report([tmp_path / "runs"], tmp_path / "out", formats=["png"], pair_figs=False)
     assert list(res["lr_law"]) == ["warped SGD (auto)"]
     assert [c["label"] for c in res["comparisons"]] == ["sgd auto lr=0.01", "sgd auto lr=0.02", "sgd auto lr=0.04"]
+
+
+def threshold_lines(ax):
+    """x of the vertical and y of the horizontal full-axis lines (axvline/axhline) on ``ax``."""
+    v = [ln.get_xdata()[0] for ln in ax.lines if ln.get_xdata()[0] == ln.get_xdata()[1] and list(ln.get_ydata()) == [0, 1]]
+    h = [ln.get_ydata()[0] for ln in ax.lines if ln.get_ydata()[0] == ln.get_ydata()[1] and list(ln.get_xdata()) == [0, 1]]
+    return sorted(v), sorted(h)
+
+
+def scatter_points(ax, prefix):
+    """The (x, y) points of the scatter whose legend label starts with ``prefix``, or None."""
+    hits = [c for c in ax.collections if c.get_label().startswith(prefix)]
+    assert len(hits) <= 1
+    return np.asarray(hits[0].get_offsets()) if hits else None
+
+
+def test_scatters_use_saved_thresholds_and_levels(tmp_path):
+    """The scatters draw the thresholds saved in weights_sample.pt (not the config's grid) and mark
+    disagreement from the saved level indices (not from the weights' positions)."""
+    d = tmp_path / "run"
+    write_run(d, weights=False)  # the config's grid (2 bits, he_uniform) has 3 thresholds
+    n, th = 300, [-0.9, -0.5, 0.1, 0.4, 0.8]  # 5 thresholds no grid of the config has
+    g = torch.Generator().manual_seed(1)
+    m = torch.full((n,), 0.2)
+    est0, est = (torch.rand(n, generator=g) * 2 - 1) * m, (torch.rand(n, generator=g) * 2 - 1) * m
+    twin = est + 0.01 * torch.randn(n, generator=g)
+    level_est = torch.randint(0, 6, (n,), generator=g)
+    differ = torch.zeros(n, dtype=torch.bool)
+    differ[::7] = True  # disagreement chosen by hand, unrelated to where the weights sit
+    level_twin = torch.where(differ, (level_est + 1) % 6, level_est)
+    torch.save({"est0": est0, "twin0": est0.clone(), "est": est, "twin": twin, "est_mapped": est * 1.02, "m": m,
+                "thresholds": torch.tensor(th, dtype=torch.float64), "level_est": level_est, "level_twin": level_twin},
+               d / "weights_sample.pt")
+    run, w = load_run(d), load_weights(d / "weights_sample.pt")
+    fig = fig_alignment(run, w, "test")
+    bad = differ.numpy()
+    for ax, x in zip(fig.axes[:2], [est / m, est * 1.02 / m]):
+        v, h = threshold_lines(ax)
+        assert len(v) == len(h) == len(th)
+        np.testing.assert_allclose(v, th)
+        np.testing.assert_allclose(h, th)
+        expect = np.stack([x.double().numpy(), (twin / m).double().numpy()], 1)
+        np.testing.assert_allclose(scatter_points(ax, "different quantized value"), expect[bad])
+        np.testing.assert_allclose(scatter_points(ax, "same quantized value"), expect[~bad])
+    assert any(f"({bad.mean():.2%})" in c.get_label() for c in fig.axes[0].collections)
+    plt.close(fig)
+    fig = fig_movement(run, w, "test")
+    for ax in fig.axes[:2]:
+        v, h = threshold_lines(ax)
+        np.testing.assert_allclose(v, th)
+        np.testing.assert_allclose(h, th)
+    assert "rounding thresholds" in fig._suptitle.get_text()
+    plt.close(fig)
+    # more than 31 thresholds (over 5 bits): not drawn, agreement still coloured
+    w_dense = {**w, "thresholds": np.linspace(-1, 1, 65)[1:-1]}
+    fig = fig_alignment(run, w_dense, "test")
+    assert threshold_lines(fig.axes[0]) == ([], [])
+    assert len(scatter_points(fig.axes[0], "different quantized value")) == bad.sum()
+    plt.close(fig)
+
+
+def test_old_weight_sample_without_levels(tmp_path):
+    """A weight sample saved before levels were: scatters without thresholds or agreement colours, and a note."""
+    write_run(tmp_path / "runs" / "0", levels=False)
+    w = load_weights(tmp_path / "runs" / "0" / "weights_sample.pt")
+    assert w is not None and "thresholds" not in w
+    fig = fig_alignment(load_run(tmp_path / "runs" / "0"), w, "test")
+    for ax in fig.axes[:2]:
+        assert threshold_lines(ax) == ([], [])
+        assert scatter_points(ax, "different quantized value") is None
+        assert len(ax.collections) == 1 and len(ax.collections[0].get_offsets()) == len(w["est"])
+    plt.close(fig)
+    res = report.report([tmp_path / "runs"], tmp_path / "out", formats=["png"])
+    assert list(res["pairs"]) == ["sgd_auto_seed=0"]
+    for name in FIGS:
+        assert (tmp_path / "out" / "pairs" / "sgd_auto_seed=0" / f"{name}.png").stat().st_size > 0
+    assert [n for n in res["notes"] if "weights_sample.pt" in n] == [
+        "sgd auto seed=0: weights_sample.pt predates saved levels; thresholds not drawn"]
+    # a sample missing one of the keys every sample has stays unusable
+    torch.save({k: torch.as_tensor(v) for k, v in w.items() if k != "est_mapped"}, tmp_path / "old.pt")
+    assert load_weights(tmp_path / "old.pt") is None
 
 
 def test_report_over_two_real_tiny_runs(tmp_path):
@@ -241,3 +340,5 @@ def test_report_over_two_real_tiny_runs(tmp_path):
     pngs = list(out.glob("pairs/*/*.png"))
     assert len(pngs) >= 8 and all(p.stat().st_size > 1000 for p in pngs)
     assert len(list(out.glob("pairs/*/*.pdf"))) == len(pngs)
+    notes = json.loads((out / "summary.json").read_text())["notes"]
+    assert not [n for n in notes if "weights_sample.pt" in n]  # the trainer saves thresholds and levels

@@ -1,29 +1,51 @@
-"""Datasets (one registry): each builder returns an object the lockstep loop reads from.
+"""Datasets (one registry): each entry is built from its config group's keys, by name.
 
 Interface: ``num_classes``, ``device``, ``steps_per_epoch``, ``batch(step) -> (x, y)`` on the
-device (the batch is a function of the step, so both runs and a resumed run see the same data),
-and ``test_batches()`` yielding ``(x, y)``.
+device (the batch is a function of the step, so both runs and a resumed run see the same data;
+under torchrun this rank's equal slice of the global batch), and ``test_batches()`` yielding
+``(x, y)``. Every builder takes ``device, seed, world, rank`` plus the keys of its YAML file in
+``configs/dataset/`` (``name`` selects the entry).
 """
 
 from __future__ import annotations
 
 import torch
 
+from qatrun import checks
 from qatrun.data.mnist import DatasetError, load_mnist
+from qatrun.registry import Registry
+
+DATASETS: Registry = Registry("dataset")
 
 
-class MnistData:
-    """All of MNIST as uint8 on the training device; fixed order, drop-last batches, no PIL."""
+class _RankSlice:
+    """Tensor-backed datasets under torchrun: this rank's equal slice of each global batch."""
+
+    def _set_world(self, batch_size: int, world: int, rank: int) -> None:
+        if batch_size % world:
+            raise ValueError(f"dataset.batch_size={batch_size} must be divisible by the {world} processes")
+        self.world, self.rank = world, rank
+
+    def _slice(self, x, y):
+        if self.world == 1:
+            return x, y
+        n = len(x) // self.world
+        return x[self.rank * n : (self.rank + 1) * n], y[self.rank * n : (self.rank + 1) * n]
+
+
+@DATASETS.register("mnist")
+class MnistData(_RankSlice):
+    """All of MNIST as uint8 on the training device; fixed order (``seed`` unused), drop-last batches."""
 
     num_classes = 10
 
-    def __init__(self, root, device, batch_size, eval_batch_size, train_subset, test_subset, mean, std, download=True):
-        for key, v in (("dataset.batch_size", batch_size), ("dataset.eval_batch_size", eval_batch_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{key} must be a positive integer, got {v!r}")
-        for key, v in (("dataset.train_subset", train_subset), ("dataset.test_subset", test_subset)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{key} must be a positive integer or null (all), got {v!r}")
+    def __init__(self, device, seed, world, rank, root, batch_size, eval_batch_size, train_subset, test_subset,
+                 mean, std, download=True):
+        checks.positive_int("dataset.batch_size", batch_size)
+        checks.positive_int("dataset.eval_batch_size", eval_batch_size)
+        checks.positive_int("dataset.train_subset", train_subset, allow_none=True)
+        checks.positive_int("dataset.test_subset", test_subset, allow_none=True)
+        self._set_world(batch_size, world, rank)
         d = load_mnist(root, device, download)
         self.device = torch.device(device)
         self.train_x, self.train_y = d["train_x"][:train_subset], d["train_y"][:train_subset]
@@ -39,20 +61,22 @@ class MnistData:
 
     def batch(self, step: int):
         i = (step % self.steps_per_epoch) * self.batch_size
-        return self._prep(self.train_x[i : i + self.batch_size]), self.train_y[i : i + self.batch_size]
+        return self._slice(self._prep(self.train_x[i : i + self.batch_size]), self.train_y[i : i + self.batch_size])
 
     def test_batches(self):
         for i in range(0, len(self.test_x), self.eval_batch_size):
             yield self._prep(self.test_x[i : i + self.eval_batch_size]), self.test_y[i : i + self.eval_batch_size]
 
 
-class SyntheticData:
+@DATASETS.register("synthetic")
+class SyntheticData(_RankSlice):
     """Random images generated on the device (``qatrun.data.synthetic``), for throughput checks."""
 
-    def __init__(self, device, seed, batch_size, eval_batch_size, num_classes, image_size, channels, length,
-                 test_length, signal):
+    def __init__(self, device, seed, world, rank, batch_size, eval_batch_size, num_classes, image_size, channels,
+                 length, test_length, signal):
         from qatrun.data.synthetic import SyntheticImages
 
+        self._set_world(batch_size, world, rank)
         self.num_classes, self.device = num_classes, torch.device(device)
         self.train = SyntheticImages(num_classes, image_size, channels, length, device, seed, signal, batch_size)
         self.test = SyntheticImages(num_classes, image_size, channels, test_length, device, seed + 1, signal,
@@ -62,60 +86,27 @@ class SyntheticData:
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
 
     def batch(self, step: int):
-        return self.train.get_batch(step, self.batch_size)
+        return self._slice(*self.train.get_batch(step, self.batch_size))
 
     def test_batches(self):
         for i in range(self.test.num_batches(self.eval_batch_size)):
             yield self.test.get_batch(i, self.eval_batch_size)
 
 
-class RankShard:
-    """Under torchrun: this rank's equal slice of each global batch (tensor-backed datasets)."""
-
-    def __init__(self, data, world: int, rank: int):
-        if data.batch_size % world:
-            raise ValueError(f"dataset.batch_size={data.batch_size} must be divisible by the {world} processes")
-        self.data, self.world, self.rank = data, world, rank
-        self.num_classes, self.device, self.steps_per_epoch = data.num_classes, data.device, data.steps_per_epoch
-
-    def batch(self, step: int):
-        x, y = self.data.batch(step)
-        n = len(x) // self.world
-        return x[self.rank * n : (self.rank + 1) * n], y[self.rank * n : (self.rank + 1) * n]
-
-    def test_batches(self):
-        return self.data.test_batches()
-
-
-def _imagenet(cfg, device, seed, world=1, rank=0):
+@DATASETS.register("imagenet")
+def imagenet(device, seed, world, rank, root, **options):
+    """ImageNet in ImageFolder layout (``qatrun.data.imagenet``); ``root`` is required."""
     from qatrun.data.imagenet import ImageNetData
 
-    if cfg.root is None:
+    if root is None:
         raise ValueError("dataset=imagenet needs dataset.root=/path/with/train/and/val")
-    return ImageNetData(cfg.root, device, cfg.batch_size, cfg.eval_batch_size, cfg.workers, cfg.image_size,
-                        cfg.resize, cfg.train_subset, cfg.test_subset, seed, world, rank)
+    return ImageNetData(root=root, device=device, seed=seed, world=world, rank=rank, **options)
 
 
-def _mnist(cfg, device, seed, world=1, rank=0):
-    data = MnistData(cfg.root, device, cfg.batch_size, cfg.eval_batch_size, cfg.train_subset, cfg.test_subset,
-                     cfg.mean, cfg.std, cfg.download)
-    return RankShard(data, world, rank) if world > 1 else data
-
-
-def _synthetic(cfg, device, seed, world=1, rank=0):
-    data = SyntheticData(device, seed, cfg.batch_size, cfg.eval_batch_size, cfg.num_classes, cfg.image_size,
-                         cfg.channels, cfg.length, cfg.test_length, cfg.signal)
-    return RankShard(data, world, rank) if world > 1 else data
-
-
-DATASETS = {"mnist": _mnist, "synthetic": _synthetic, "imagenet": _imagenet}
-
-
-def build_data(cfg, device, seed: int, world: int = 1, rank: int = 0):
-    """``cfg``: the dataset config group. With ``world > 1`` each rank gets its share of every global batch."""
-    if cfg.name not in DATASETS:
-        raise ValueError(f"unknown dataset {cfg.name!r}; valid datasets: {', '.join(sorted(DATASETS))}")
-    return DATASETS[cfg.name](cfg, device, seed, world, rank)
+def build_data(name: str, device, seed: int = 0, world: int = 1, rank: int = 0, **options):
+    """The dataset ``name`` with its config group's ``options``; with ``world > 1`` each rank gets its
+    share of every global batch."""
+    return DATASETS.build(name, device=device, seed=seed, world=world, rank=rank, **options)
 
 
 __all__ = ["DATASETS", "DatasetError", "build_data", "MnistData", "SyntheticData"]

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from torchvision import datasets, transforms
 
+from qatrun import checks
 from qatrun.data.mnist import DatasetError  # one error type for every dataset of the package
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -137,8 +138,7 @@ def _subset(ds: datasets.ImageFolder, n, split: str) -> Dataset:
     """``n`` samples evenly spaced over the (class-sorted) sample list, so every class is hit."""
     if n is None:
         return ds
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{split}_subset must be a positive integer or None, got {n!r}")
+    checks.positive_int(f"{split}_subset", n)
     if n >= len(ds):
         return ds
     return _ClassSubset(ds, [i * len(ds) // n for i in range(n)])
@@ -197,10 +197,8 @@ def build_imagenet_loaders(
     The datasets are ``loader.dataset`` (``.classes`` lists the class folder names).
     """
     for key, val in (("batch_size", batch_size), ("image_size", image_size), ("resize", resize)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ValueError(f"build_imagenet_loaders: {key} must be a positive integer, got {val!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"build_imagenet_loaders: workers must be an integer >= 0, got {workers!r}")
+        checks.positive_int(f"build_imagenet_loaders: {key}", val)
+    checks.positive_int("build_imagenet_loaders: workers", workers, minimum=0)
     if resize < image_size:
         raise ValueError(f"build_imagenet_loaders: resize ({resize}) must be >= image_size ({image_size})")
     classes = check_imagenet_root(root)

@@ -19,13 +19,13 @@ from typing import Iterator
 
 import torch
 
+from qatrun import checks
+
 _MIX = 1_000_003  # odd multiplier to spread (seed, step) over the 63-bit seed space
 
 
 def _positive_int(key: str, val) -> int:
-    if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-        raise ValueError(f"SyntheticImages: {key} must be a positive integer, got {val!r}")
-    return val
+    return checks.positive_int(f"SyntheticImages: {key}", val)
 
 
 class SyntheticImages:

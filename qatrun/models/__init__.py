@@ -16,61 +16,42 @@ the other Conv2d/Linear layers, i.e. the ``skip`` argument of ``qatrun.layers.qu
 
 from __future__ import annotations
 
-from typing import Callable
 
 import torch.nn as nn
 
 from qatrun.models.resnet import resnet18, resnet50
 from qatrun.models.small_cnn import small_cnn
-
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "small_cnn": small_cnn,
-    "resnet18": resnet18,
-    "resnet50": resnet50,
-}
-
-# Input shape (C, H, W) each model was designed for (the data pipeline decides the real one).
-INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
-    "small_cnn": (1, 28, 28),
-    "resnet18": (3, 224, 224),
-    "resnet50": (3, 224, 224),
-}
+from qatrun.registry import Registry
 
 
 def _conv_names(model: nn.Module) -> list[str]:
     return [n for n, mod in model.named_modules() if isinstance(mod, nn.Conv2d)]
 
 
-# name -> function(model) giving the module names to quantize, in module order.
-QUANTIZED: dict[str, Callable[[nn.Module], list[str]]] = {
-    "small_cnn": _conv_names,
-    "resnet18": _conv_names,
-    "resnet50": _conv_names,
-}
+# name -> builder; meta: the input shape (C, H, W) the model was designed for (the data pipeline
+# decides the real one) and ``quantized(model)``, the module names to quantize, in module order.
+MODELS: Registry = Registry("model")
+MODELS.register("small_cnn", input_shape=(1, 28, 28), quantized=_conv_names)(small_cnn)
+MODELS.register("resnet18", input_shape=(3, 224, 224), quantized=_conv_names)(resnet18)
+MODELS.register("resnet50", input_shape=(3, 224, 224), quantized=_conv_names)(resnet50)
 
 
 def model_names() -> list[str]:
-    return sorted(MODELS)
+    return MODELS.names()
 
 
-def _check_name(name: str) -> None:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(model_names())}")
+def input_shape(name: str) -> tuple[int, int, int]:
+    return MODELS.meta(name)["input_shape"]
 
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Build the float model ``name`` (see ``MODELS``) with ``num_classes`` outputs."""
-    _check_name(name)
-    try:
-        return MODELS[name](num_classes=num_classes, **kwargs)
-    except TypeError as e:  # an unknown keyword option
-        raise ValueError(f"model {name!r}: bad options {sorted(kwargs)}: {e}") from e
+    """Build the float model ``name`` with ``num_classes`` outputs and its own keyword options."""
+    return MODELS.build(name, num_classes=num_classes, **kwargs)
 
 
 def quantized_names(name: str, model: nn.Module) -> list[str]:
     """Names (in module order) of the layers of ``model`` that the paper quantizes."""
-    _check_name(name)
-    return QUANTIZED[name](model)
+    return MODELS.meta(name)["quantized"](model)
 
 
 def float_names(name: str, model: nn.Module) -> list[str]:
@@ -88,6 +69,6 @@ def classifier_name(model: nn.Module) -> str:
 
 
 __all__ = [
-    "MODELS", "INPUT_SHAPES", "QUANTIZED", "build_model", "model_names", "quantized_names",
+    "MODELS", "build_model", "input_shape", "model_names", "quantized_names",
     "float_names", "classifier_name", "small_cnn", "resnet18", "resnet50",
 ]

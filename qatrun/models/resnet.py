@@ -1,6 +1,6 @@
 """ResNet-18 / ResNet-50 (v1.5: stride on the 3x3 conv, torchvision's layout), float, untrained.
 
-Batch norm follows the authors' setting (PAPER.md: "batch-norm momentum 0.9, eps 1e-5"), given in
+Batch norm follows the authors' setting (arXiv 2405.05171: batch-norm momentum 0.9, eps 1e-5), given in
 the Flax/Keras convention, where momentum is the weight of the *old* running statistic:
 
     Flax:    running = bn_momentum * running + (1 - bn_momentum) * batch
@@ -17,16 +17,14 @@ from __future__ import annotations
 import torch.nn as nn
 import torchvision
 
+from qatrun import checks
+
 BN_EPS = 1e-5
 
 
 def to_torch_momentum(bn_momentum: float) -> float:
     """Flax/Keras batch-norm momentum (weight of the old running value) -> PyTorch's."""
-    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0.0 <= bn_momentum < 1.0:
-        raise ValueError(
-            f"bn_momentum is the Flax/Keras momentum (weight of the old running statistic), "
-            f"in [0, 1); got {bn_momentum!r}"
-        )
+    checks.in_range("bn_momentum (the Flax/Keras momentum: weight of the old running statistic)", bn_momentum, 0, 1)
     return 1.0 - float(bn_momentum)
 
 
@@ -43,8 +41,7 @@ def set_batchnorm(model: nn.Module, bn_momentum: float = 0.9, eps: float = BN_EP
 
 
 def _build(arch: str, num_classes: int, bn_momentum: float, zero_init_residual: bool) -> nn.Module:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"{arch}: num_classes must be a positive integer, got {num_classes!r}")
+    checks.positive_int(f"{arch}: num_classes", num_classes)
     to_torch_momentum(bn_momentum)  # validate before building
     model = getattr(torchvision.models, arch)(
         weights=None, num_classes=num_classes, zero_init_residual=bool(zero_init_residual)

@@ -1,4 +1,4 @@
-"""The authors' MNIST CNN (arXiv 2405.05171, PAPER.md "The authors' protocol").
+"""The authors' MNIST CNN (arXiv 2405.05171, MNIST experiments).
 
     Conv(32, 3x3) - ReLU - AvgPool(2) - Conv(64, 3x3) - ReLU - AvgPool(2) - Flatten
     - Dense(256) - ReLU - Dense(10)
@@ -20,6 +20,8 @@ from collections import OrderedDict
 
 import torch.nn as nn
 
+from qatrun import checks
+
 
 def small_cnn(
     num_classes: int = 10,
@@ -35,8 +37,7 @@ def small_cnn(
     """
     for key, val in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width),
                      ("hidden", hidden), ("image_size", image_size)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ValueError(f"small_cnn: {key} must be a positive integer, got {val!r}")
+        checks.positive_int(f"small_cnn: {key}", val)
     if image_size % 4:
         raise ValueError(f"small_cnn: image_size must be divisible by 4 (two 2x2 poolings), got {image_size}")
     side = image_size // 4

@@ -1,0 +1,3 @@
+from qatrun.bench.cli import main
+
+main()

@@ -1,0 +1,94 @@
+"""The ``qatrun-bench`` command line: options, the run over the selected cases, the JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from qatrun.bench.cases import CASES, select_cases
+from qatrun.bench.measure import run_case
+from qatrun.bench.report import device_name, format_case, meta
+from qatrun.files import jsonable
+
+
+def parse_args(argv=None):
+    import qatrun.bench
+
+    p = argparse.ArgumentParser(prog="qatrun-bench", description=qatrun.bench.__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default="auto",
+                   help=f"comma-separated from {', '.join(CASES)}; 'auto' (default): cpu-small, plus every gpu-* "
+                        "case when CUDA is available; 'all': every case")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed iterations per config per round (default: the logging interval, --log-every or the "
+                        "config's trainer.log_every, so each pair round holds one log)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up iterations per config (default 2 CPU, 5 GPU)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; ms/step is the median (default 3)")
+    p.add_argument("--log-every", type=int, default=None,
+                   help="pair logging interval (default: the config's trainer.log_every)")
+    p.add_argument("--batch", type=int, default=None, help="override every selected case's batch size")
+    p.add_argument("--qat-compile", choices=("case", "on", "off"), default="case",
+                   help="cfg.compile for the qatrun runs: the case's default (on for GPU cases), or force on/off")
+    p.add_argument("--profile", dest="profile", action="store_true", default=None,
+                   help="torch.profiler over one pair iteration (default: on for CPU cases)")
+    p.add_argument("--no-profile", dest="profile", action="store_false")
+    p.add_argument("--interleave", choices=("auto", "step", "block"), default="auto",
+                   help="alternate configs every iteration (step) or every --steps iterations (block); "
+                        "auto: step on CPU, block on GPU")
+    p.add_argument("--out", default="results/bench.json", help="JSON output (default results/bench.json)")
+    p.add_argument("--quiet", action="store_true", help="only the final tables")
+    a = p.parse_args(argv)
+    for key in ("steps", "warmup", "rounds", "log_every", "batch"):
+        v = getattr(a, key)
+        if v is not None and v < (0 if key == "warmup" else 1):
+            p.error(f"--{key.replace('_', '-')} must be {'>= 0' if key == 'warmup' else 'positive'}, got {v}")
+    return a
+
+
+def run(argv=None) -> dict:
+    """Parse ``argv``, run the selected cases, print the tables, write and return the JSON dict."""
+    a = parse_args(argv)
+    cases = select_cases(a.cases)
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's "no GPU" error line on CPU-only hosts
+    out = {"meta": meta(), "cases": {}}
+    texts = []
+    for case in cases:
+        if a.batch is not None:
+            case = replace(case, batch=a.batch)
+        if a.qat_compile != "case":
+            case = replace(case, qat_compile=a.qat_compile == "on")
+        warmup = a.warmup if a.warmup is not None else (2 if case.device == "cpu" else 5)
+        profile = a.profile if a.profile is not None else case.device == "cpu"
+        if not a.quiet:
+            print(f"[{case.name}] {case.describe()}", flush=True)
+        t0 = time.perf_counter()
+        res = run_case(case, warmup=warmup, steps=a.steps, rounds=a.rounds, log_every=a.log_every, profile=profile,
+                       verbose=not a.quiet, interleave=a.interleave)
+        res["device_name"] = device_name(case.device)
+        res["wall_s"] = round(time.perf_counter() - t0, 1)
+        out["cases"][case.name] = jsonable(res)
+        texts.append(format_case(res))
+        if not a.quiet:
+            print(texts[-1], flush=True)
+    out["targets"] = [dict(case=n, **t) for n, r in out["cases"].items() for t in r["targets"]]
+    path = Path(a.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    if a.quiet:
+        print("\n".join(texts))
+    print(f"\nqatrun-bench: wrote {path}")
+    return out
+
+
+def main(argv=None) -> None:
+    """Console script ``qatrun-bench`` (returns None: the exit status stays 0)."""
+    try:
+        run(argv)
+    except ValueError as exc:  # bad options met late (e.g. a config override): one line
+        print(f"qatrun-bench: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,145 @@
+"""The printed ``qatrun-bench`` table of one case and the run's metadata (README, "Benchmarks")."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+
+import torch
+
+from qatrun.bench.cases import Case
+
+
+def _mb(b) -> str:
+    return "n/a" if b is None else f"{b / 2**20:.1f} MB"
+
+
+def _header(res: dict) -> str:
+    c = res["case"]
+    return (f"== {c['name']}: " + Case(**c).describe()
+            + f" | {res['rounds']} rounds x {res['steps_per_round']} steps ({res['interleave']}-interleaved)"
+            + f" after {res['warmup']} warm-up,"
+            + f" log_every={res['log_every']}, {res['estimator']} vs {res['twin']} twin"
+            + f" (init {res['twin_init']}, lr x {res['twin_lr_factor']:.4g})")
+
+
+def _table(res: dict) -> list[str]:
+    ms = res["ms_per_step"]
+    compiled = "plain_compiled" in ms
+    hdr = f"  {'config':<16}{'ms/step':>10}{'min':>10}{'max':>10}{'vs plain':>10}"
+    if compiled:
+        hdr += f"{'vs compiled':>13}"
+    lines = [hdr + f"{'peak mem':>12}{'resident':>12}{'transient':>12}"]
+    for n, v in ms.items():
+        rr = res["ms_per_step_rounds"][n]
+        row = f"  {n:<16}{v:>10.2f}{min(rr):>10.2f}{max(rr):>10.2f}{v / ms['plain']:>9.2f}x"
+        if compiled:
+            row += f"{v / ms['plain_compiled']:>12.2f}x"
+        m = res["memory"].get(n, {})
+        row += f"{_mb(m.get('peak_bytes')):>12}{_mb(m.get('resident_bytes')):>12}{_mb(m.get('transient_bytes')):>12}"
+        lines.append(row)
+    return lines
+
+
+def _ratio_lines(res: dict) -> list[str]:
+    r, rm = res["ratios"], res["ratios_from_min"]
+    return [
+        f"  ratios: b/a = {r['single_over_plain']:.2f}x, c/a = {r['pair_over_plain']:.2f}x, "
+        f"c/b = {r['pair_over_single']:.2f}x"
+        + (f", c/a_compiled = {r['pair_over_plain_compiled']:.2f}x" if "pair_over_plain_compiled" in r else "")
+        + (f", pair peak / plain peak = {r['pair_peak_over_plain']:.2f}x" if "pair_peak_over_plain" in r else ""),
+        f"  same from the fastest round of each config: b/a = {rm['single_over_plain']:.2f}x, "
+        f"c/a = {rm['pair_over_plain']:.2f}x"
+        + (f", c/a_compiled = {rm['pair_over_plain_compiled']:.2f}x" if "pair_over_plain_compiled" in rm else ""),
+    ]
+
+
+def _load_warning(res: dict) -> list[str]:
+    load = [v for v in res["loadavg_1min"].values() if v is not None]
+    cores = os.cpu_count() or 1
+    if load and max(load) > 1.25 * cores:
+        return [f"  WARNING: 1-min load average {max(load):.1f} on {cores} cores: other processes shared the "
+                "machine, timings are noisy (interleaving spreads the noise over all configs)"]
+    return []
+
+
+def _section_lines(res: dict) -> list[str]:
+    lines = []
+    if res["pair_sections_ms"]:
+        lines.append("  pair sections (ms/step, median; log amortized over log_every): "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in res["pair_sections_ms"].items()))
+        lines.append(f"  change-point tracking: {res['changepoint_ms']:.2f} ms/step = "
+                     f"{100 * res['changepoint_fraction']:.1f}% of the pair step")
+    ms = res["ms_per_step"]
+    over = ms["pair"] - 2 * ms["plain"]
+    lines.append(f"  pair overhead over 2 x plain: {over:+.2f} ms/step "
+                 f"({over / ms['pair'] * 100:+.1f}% of the pair step)")
+    return lines
+
+
+def _note_lines(res: dict) -> list[str]:
+    lines = []
+    for n, note in res["notes"].items():
+        if "compile_error" in note:
+            what = "ran eager" if note.get("ran_eager") else "dropped"
+            lines.append(f"  NOTE {n}: torch.compile failed, {what}: {note['compile_error']}")
+    return lines
+
+
+def _profile_lines(res: dict) -> list[str]:
+    if "profile" not in res:
+        return []
+    p = res["profile"]
+    lines = ["  profile (one pair iteration + one log, torch.profiler, ms):",
+             "    sections: " + ", ".join(f"{k} {v:.2f}" for k, v in p["sections_ms"].items())]
+    if p["quantizer_ms"]:
+        lines.append("    quantizer: " + ", ".join(f"{k} {v:.2f}" for k, v in p["quantizer_ms"].items()))
+    lines.append("    top ops (self CPU): " + ", ".join(f"{k} {v:.1f}" for k, v in p["top_ops_self_cpu_ms"].items()))
+    return lines
+
+
+def _target_lines(res: dict) -> list[str]:
+    lines = []
+    for t in res["targets"]:
+        verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
+        share = t["key"] == "changepoint_fraction"
+        val = "n/a" if t["value"] is None else (f"{100 * t['value']:.1f}%" if share else f"{t['value']:.2f}x")
+        lim = f"{100 * t['limit']:.0f}%" if share else f"{t['limit']}x"
+        lines.append(f"  {verdict:<5}{t['name']}: {val} vs target <= {lim}")
+    return lines
+
+
+def format_case(res: dict) -> str:
+    """The printed table of one case's result (``run_case``'s dict)."""
+    return "\n".join([_header(res), *_table(res), *_ratio_lines(res), *_load_warning(res), *_section_lines(res),
+                      *_note_lines(res), *_profile_lines(res), *_target_lines(res)])
+
+
+def device_name(case_device: str) -> str:
+    """The GPU's name for a CUDA case, else the CPU model."""
+    if case_device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def meta() -> dict:
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": device_name("cpu"),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "argv": sys.argv[1:],
+    }

@@ -1,0 +1,34 @@
+"""Facts about the resolved configuration that several tools share.
+
+``OPERATIONAL`` lists the keys that change where or how a run reports, not what it computes: a
+resume may change them, and the report never separates comparisons by them.
+"""
+
+from __future__ import annotations
+
+import json
+
+OPERATIONAL = ("resume", "device", "compile", "trainer.progress", "trainer.checkpoint_every",
+               "trainer.scatter_sample", "dataset.root", "hydra")
+
+
+def is_operational(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in OPERATIONAL)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> dotted keys; lists become their JSON text (hashable, compare by value)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def config_diff(saved: dict, current: dict) -> list[str]:
+    """Dotted keys, other than operational ones, whose values differ (or exist in one only)."""
+    a, b = flatten(saved), flatten(current)
+    return sorted(k for k in set(a) | set(b)
+                  if not is_operational(k) and a.get(k, "<missing>") != b.get(k, "<missing>"))

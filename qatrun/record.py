@@ -1,0 +1,43 @@
+"""What is logged is what is kept: figures go to TensorBoard and the curves the summary and the
+report need are kept in one ``history`` (saved in checkpoints and in ``summary.json``).
+
+``CURVES`` is the one list of kept curves: per kind of logging point (``log`` every
+``trainer.log_every`` steps, ``eval`` every ``trainer.eval_every``), the step key and the figures.
+"""
+
+from __future__ import annotations
+
+CURVES = {
+    "log": ("log_step", ("est/loss", "twin/loss", "pair/quantized_agreement", "pair/alignment_error")),
+    "eval": ("eval_step", ("est/test_loss", "twin/test_loss", "est/test_acc", "twin/test_acc")),
+}
+
+
+class Recorder:
+    """``record(kind, step, figures)`` writes the figures to ``tb`` (a ``TBLogger`` or None) and keeps
+    the ``CURVES`` of that kind in ``history``."""
+
+    def __init__(self, tb=None):
+        self.tb = tb
+        self.history: dict[str, list] = {}
+        for step_key, keys in CURVES.values():
+            self.history[step_key] = []
+            self.history.update({k: [] for k in keys})
+
+    def record(self, kind: str, step: int, figures: dict, keep: bool = True) -> dict:
+        if self.tb is not None:
+            self.tb.scalars(figures, step)
+        if keep:
+            step_key, keys = CURVES[kind]
+            self.history[step_key].append(step)
+            for k in keys:
+                if k in figures:
+                    self.history[k].append(figures[k])
+        return figures
+
+    def state_dict(self) -> dict:
+        return self.history
+
+    def load_state_dict(self, history: dict) -> None:
+        self.history.clear()
+        self.history.update(history)

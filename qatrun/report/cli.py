@@ -1,0 +1,90 @@
+"""qatrun-report: figures and tables from finished pair runs.
+
+    qatrun-report RUN_OR_MULTIRUN_DIR [...] --out OUT [--formats png pdf] [--label-by KEY ...]
+
+Every directory holding a ``summary.json`` (searched recursively) is one pair. Writes
+``OUT/pairs/<label>/{curves,alignment_scatter,movement_scatter,agreement}.<fmt>`` per pair,
+``OUT/lr_law.<fmt>`` + ``OUT/lr_law.json`` (error vs learning rate, fitted log-log slopes per family),
+and ``OUT/table.{md,csv}`` + ``OUT/summary.json`` (seeds aggregated per comparison). Missing pieces
+(no weight sample, ``pair.twin=none``, NaN metrics) skip the figure and add a note instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import matplotlib
+
+from qatrun.files import jsonable, write_json
+
+from .figures import STYLE, pair_figures, save
+from .lrlaw import fig_lr_law, lr_law
+from .runs import aggregate, find_runs, stats
+from .tables import COLUMNS, write_tables
+
+DESCRIPTION = ("Figures and tables from finished pair runs (metrics: see the README, section Metric "
+               "definitions; the paper: arXiv 2405.05171).")
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=+-]+", "_", label).strip("_") or "run"
+
+
+def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=None, pair_figs=True) -> dict:
+    notes: list = []
+    runs = find_runs(paths, notes)
+    if not runs:
+        raise FileNotFoundError(f"no summary.json under {' '.join(map(str, paths))}")
+    out.mkdir(parents=True, exist_ok=True)
+    comparisons, pairs = [], {}
+    with matplotlib.rc_context(STYLE):
+        for label, rs in aggregate(runs, label_by):
+            keys = sorted({k for r in rs for k, v in r.summary.items() if isinstance(v, (int, float)) or v is None}
+                          | {k for k, _, _ in COLUMNS})
+            comparisons.append({"label": label, "n_seeds": len(rs), "seeds": [r.flat.get("seed") for r in rs],
+                                "runs": [str(r.path) for r in rs],
+                                "metrics": {k: stats([r.value(k) for r in rs]) for k in keys}})
+            for r in rs if pair_figs else []:
+                pl = f"{label} seed={r.flat.get('seed')}"
+                d = slug(pl) if slug(pl) not in pairs else f"{slug(pl)}_{r.path.name}"
+                pairs[d] = pair_figures(r, pl, out / "pairs" / d, formats, notes)
+        law = lr_law(runs, family_by, notes)
+        if law:
+            save(fig_lr_law(law), out, "lr_law", formats)
+        else:
+            notes.append("lr law: no family with >= 3 learning rates; lr_law figure skipped")
+    write_json(out / "lr_law.json", law)
+    write_tables(comparisons, out)
+    result = jsonable({"comparisons": comparisons, "lr_law": law, "pairs": pairs, "notes": notes})
+    write_json(out / "summary.json", result)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="qatrun-report", description=DESCRIPTION)
+    p.add_argument("paths", nargs="+", help="run directories or multirun directories (searched recursively)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--formats", nargs="+", default=["png", "pdf"])
+    p.add_argument("--label-by", nargs="+", default=None, metavar="KEY",
+                   help="dotted config/summary keys naming each comparison (default: the keys that differ)")
+    p.add_argument("--family-by", nargs="+", default=None, metavar="KEY",
+                   help="config keys grouping runs for the lr law (default: everything but lr and seed)")
+    p.add_argument("--no-pairs", action="store_true", help="skip the per-pair figures (large sweeps)")
+    args = p.parse_args(argv)
+    try:
+        res = report(args.paths, Path(args.out), args.formats, args.label_by, args.family_by, not args.no_pairs)
+    except FileNotFoundError as e:
+        print(f"qatrun-report: {e}", file=sys.stderr)
+        return 2
+    for n in res["notes"]:
+        print(f"note: {n}", file=sys.stderr)
+    n_runs = sum(c["n_seeds"] for c in res["comparisons"])
+    print(f"qatrun-report: {n_runs} run(s), {len(res['comparisons'])} comparison(s) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Per-pair figures: training curves, weight alignment and movement scatters, agreement over steps.
+
+The scatters read everything about the grid from the run's ``weights_sample.pt``: the rounding
+thresholds (in units of m) and each sampled weight's final level index in both runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+from .runs import Run
+
+OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+EST_C, TWIN_C, DIFF_C = OKABE_ITO[0], OKABE_ITO[1], "#333333"
+STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9,
+         "ytick.labelsize": 9, "legend.fontsize": 9, "figure.titlesize": 11, "axes.grid": True,
+         "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False, "pdf.fonttype": 42}
+SAMPLE_KEYS = ("est0", "twin0", "est", "twin", "est_mapped", "m")  # in every weights_sample.pt
+LEVEL_KEYS = ("thresholds", "level_est", "level_twin")  # saved by newer trainers
+MAX_THRESHOLDS = 31  # more (over 5 bits) would grey out the scatter: not drawn
+
+
+def save(fig, out_dir: Path, name: str, formats) -> list[str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.{ext}" for ext in formats]
+    for p in paths:
+        fig.savefig(p, dpi=150 if p.suffix == ".png" else 300)  # pdf: dpi of the rasterized scatter only
+    plt.close(fig)
+    return list(map(str, paths))
+
+
+def series(h: dict, key: str) -> np.ndarray:
+    return np.array(h.get(key) or [], dtype=float)
+
+
+def fig_curves(run: Run, title: str):
+    h = run.history
+    panels = [("log_step", "loss", "train loss (cross-entropy)"), ("eval_step", "test_loss", "test loss (cross-entropy)"),
+              ("eval_step", "test_acc", "test accuracy (fraction)")]
+    if not any(len(series(h, f"twin/{k}")) for _, k, _ in panels):
+        return None
+    twin_kind = "same estimator" if run.summary.get("twin") == "self" else "STE"
+    fig, axes = plt.subplots(2, 3, figsize=(11, 4.8), sharex="col", gridspec_kw={"height_ratios": [3, 1.3]}, layout="constrained")
+    for j, (xk, k, ylabel) in enumerate(panels):
+        x, a, b = series(h, xk), series(h, f"est/{k}"), series(h, f"twin/{k}")
+        if not len(x) or len(a) != len(x) or len(b) != len(x):
+            axes[0, j].set_title(f"{ylabel}: not logged")
+            continue
+        mk = "o" if len(x) <= 30 else None
+        axes[0, j].plot(x, a, color=EST_C, marker=mk, ms=3, label="estimator run")
+        axes[0, j].plot(x, b, color=TWIN_C, marker=mk, ms=3, ls="--", label=f"twin ({twin_kind})")
+        axes[0, j].set_ylabel(ylabel)
+        axes[1, j].plot(x, b - a, color=DIFF_C, marker=mk, ms=3)
+        axes[1, j].axhline(0, color="0.6", lw=0.8)
+        axes[1, j].set_ylabel("twin − est")
+        axes[1, j].set_xlabel("training step")
+    axes[0, 0].legend(frameon=False)
+    fig.suptitle(f"Training curves: {title}")
+    return fig
+
+
+def thresholds(w: dict) -> list[float]:
+    """The saved rounding thresholds in units of m, or [] if not saved or too dense to draw."""
+    th = w.get("thresholds")
+    return [] if th is None or len(th) > MAX_THRESHOLDS else [float(t) for t in th]
+
+
+def agreement(w: dict):
+    """Per sampled weight: same final level in both runs (from the saved levels), or None if not saved."""
+    return w["level_est"] == w["level_twin"] if "level_est" in w and "level_twin" in w else None
+
+
+def scatter_panel(ax, x, y, thresholds, agree=None):
+    for t in thresholds:
+        ax.axvline(t, color="0.8", lw=0.7, zorder=0)
+        ax.axhline(t, color="0.8", lw=0.7, zorder=0)
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    ax.plot([lo, hi], [lo, hi], color="0.3", lw=0.8, ls=":", label="y = x", zorder=1)
+    ok = np.ones_like(x, bool) if agree is None else agree
+    ax.scatter(x[ok], y[ok], s=2, alpha=0.15, color=EST_C, lw=0, rasterized=True,
+               label="same quantized value" if agree is not None else None)
+    if agree is not None and (~ok).any():
+        ax.scatter(x[~ok], y[~ok], s=4, alpha=0.6, color=TWIN_C, lw=0, rasterized=True,
+                   label=f"different quantized value ({(~ok).mean():.2%})")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.grid(False)
+
+
+def fig_alignment(run: Run, w: dict, title: str):
+    m, th, agree = w["m"], thresholds(w), agreement(w)
+    est, mapped, twin = w["est"] / m, w["est_mapped"] / m, w["twin"] / m
+    identity = np.allclose(mapped, est)
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.6), layout="constrained")
+    scatter_panel(axes[0], est, twin, th, agree)
+    axes[0].set(title="raw", xlabel="final estimator weight $w_{est}/m$", ylabel="final twin weight $w_{twin}/m$")
+    scatter_panel(axes[1], mapped, twin, th, agree)
+    axes[1].set(title="through the mirror map" + (" (M = identity: twin not warped)" if identity else ""),
+                xlabel="$M(w_{est})/m$", ylabel="final twin weight $w_{twin}/m$")
+    for h in axes[0].legend(frameon=False, loc="upper left", markerscale=4).legend_handles:
+        h.set_alpha(1)
+    fig.suptitle(f"Weight alignment ({len(est)} sampled quantized weights): {title}")
+    return fig
+
+
+def fig_movement(run: Run, w: dict, title: str):
+    m, th = w["m"], thresholds(w)
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.6), layout="constrained")
+    for ax, (name, k) in zip(axes, [("estimator run", "est"), ("twin", "twin")]):
+        scatter_panel(ax, w[f"{k}0"] / m, w[k] / m, th)
+        ax.set(title=name, xlabel=f"initial weight $w_{{{k},0}}/m$", ylabel=f"final weight $w_{{{k}}}/m$")
+    axes[0].legend(frameon=False, loc="upper left")
+    fig.suptitle(f"Weight movement{' (grey lines: rounding thresholds)' if th else ''}: {title}")
+    return fig
+
+
+def fig_agreement(run: Run, title: str):
+    x = series(run.history, "log_step")
+    qa, ae = series(run.history, "pair/quantized_agreement"), series(run.history, "pair/alignment_error")
+    if not len(x) or len(qa) != len(x) or len(ae) != len(x):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4), layout="constrained")
+    mk = "o" if len(x) <= 30 else None
+    axes[0].plot(x, qa, color=EST_C, marker=mk, ms=3)
+    axes[0].set(xlabel="training step", ylabel="quantized weight agreement (fraction)")
+    axes[1].plot(x, ae, color=TWIN_C, marker=mk, ms=3)
+    axes[1].set(xlabel="training step", ylabel="alignment error (/ distance travelled)")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"Pair agreement over training: {title}")
+    return fig
+
+
+def load_weights(path: Path):
+    """The weight sample as numpy arrays (fp64; level indices stay int64), or None when a key every sample
+    holds (SAMPLE_KEYS) is missing or empty. Level indices of another length than the sample are dropped."""
+    import torch
+
+    w = torch.load(path, weights_only=True, map_location="cpu")
+    w = {k: (v.double() if v.is_floating_point() else v).numpy() for k, v in w.items()}
+    if not (set(SAMPLE_KEYS) <= set(w) and all(len(w[k]) for k in SAMPLE_KEYS)):
+        return None
+    if any(k in w and len(w[k]) != len(w["est"]) for k in ("level_est", "level_twin")):
+        w.pop("level_est", None), w.pop("level_twin", None)
+    return w
+
+
+def pair_figures(run: Run, label: str, out: Path, formats, notes: list) -> list[str]:
+    files = []
+    for name, make in [("curves", fig_curves), ("agreement", fig_agreement)]:
+        fig = make(run, label)
+        if fig is None:
+            notes.append(f"{label}: no twin history (pair.twin=none?); {name} figure skipped")
+        else:
+            files += save(fig, out, name, formats)
+    wp = run.path / "weights_sample.pt"
+    try:
+        w = load_weights(wp) if wp.exists() else None
+    except Exception as e:  # a truncated or foreign file: skip the scatters, keep the report
+        notes.append(f"{label}: cannot read weights_sample.pt ({e})")
+        w = None
+    if w is None:
+        notes.append(f"{label}: no usable weights_sample.pt; scatter plots skipped")
+        return files
+    if not all(k in w for k in LEVEL_KEYS):
+        notes.append(f"{label}: weights_sample.pt predates saved levels; thresholds not drawn")
+    files += save(fig_alignment(run, w, label), out, "alignment_scatter", formats)
+    files += save(fig_movement(run, w, label), out, "movement_scatter", formats)
+    return files

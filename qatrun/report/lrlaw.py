@@ -1,0 +1,92 @@
+"""The learning-rate law: pair error against the learning rate, one log-log fit per family of runs.
+
+The equivalence of an estimator run and its warped STE twin (arXiv 2405.05171) is exact only as the
+learning rate goes to 0, so the pair's error should shrink with it; the fitted slope says how fast.
+A family is every run that differs only by learning rate and seed (or what ``--family-by`` names);
+it needs at least 3 learning rates.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .figures import OKABE_ITO
+from .runs import Run, label_keys, make_labels, stats, uninformative
+
+
+def describe(run: Run) -> str:
+    opt = str(run.flat.get("optimizer.name"))
+    opt = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}.get(opt, opt)
+    twin, init = run.summary.get("twin", run.flat.get("pair.twin")), run.summary.get("twin_init")
+    lr_warp = abs(run.value("twin_lr_factor") - 1) > 1e-12
+    warp = "self-paired" if twin == "self" else {(True, True): "warped", (True, False): "init-warped",
+                                                 (False, True): "lr-warped"}.get((init == "mirror", lr_warp), "unwarped")
+    return f"{warp} {opt} ({twin})"
+
+
+def fit_loglog(x, y):
+    ok = (np.asarray(y) > 0) & np.isfinite(y)
+    if ok.sum() < 2:
+        return None, None
+    s, b = np.polyfit(np.log10(np.asarray(x)[ok]), np.log10(np.asarray(y)[ok]), 1)
+    return float(s), float(b)
+
+
+def lr_law(runs: list[Run], family_by, notes: list) -> dict:
+    fams: dict = {}
+    drop = uninformative(runs)
+    for r in runs:
+        if math.isfinite(r.value("optimizer.lr")):
+            key = tuple(r.flat.get(k) for k in family_by) if family_by else r.key(drop | {"optimizer.lr"})
+            fams.setdefault(key, []).append(r)
+    flats = [rs[0].flat for rs in fams.values()]
+    keys = [k for k in (family_by or label_keys(flats, drop)) if k not in ("optimizer.name", "pair.twin", "optimizer.lr")]
+    result = {}
+    for (key, rs), extra in zip(fams.items(), make_labels(flats, keys) if keys else [""] * len(fams)):
+        label = f"{describe(rs[0])} {re.sub(r' #[0-9]+$', '', extra)}".strip()  # describe() tells families apart
+        lrs = sorted({r.value("optimizer.lr") for r in rs})
+        entry = {"config": dict(zip(family_by, key)) if family_by else {}, "lr": lrs, "n_seeds": []}
+        for name, f in [("disagreement", lambda r: 1 - r.value("pair/quantized_agreement")),
+                        ("alignment_error", lambda r: r.value("pair/alignment_error"))]:
+            st = [stats([f(r) for r in rs if r.value("optimizer.lr") == lr]) for lr in lrs]
+            entry[name] = {k: [s[k] for s in st] for k in ("mean", "min", "max", "n")}
+            entry[name]["slope"], entry[name]["intercept"] = fit_loglog(
+                lrs, [np.nan if s["mean"] is None else s["mean"] for s in st])
+        entry["n_seeds"] = entry["disagreement"]["n"]
+        if sum(n > 0 for n in entry["disagreement"]["n"]) < 3:
+            notes.append(f"lr law: family '{label}' has < 3 learning rates with pair metrics; skipped")
+            continue
+        result[label if label not in result else f"{label} #{len(result) + 1}"] = entry
+    return result
+
+
+def fig_lr_law(law: dict):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), layout="constrained")
+    titles = {"disagreement": "1 − quantized weight agreement (fraction)",
+              "alignment_error": "alignment error (/ distance travelled)"}
+    for ax, (metric, ylabel) in zip(axes, titles.items()):
+        pos = [v for e in law.values() for v in e[metric]["min"] + e[metric]["mean"] if v is not None and v > 0]
+        floor, floor_label = (min(pos) / 3 if pos else 1e-6), "0 measured (drawn at floor)"
+        for i, (label, e) in enumerate(law.items()):
+            c, d, x = OKABE_ITO[i % len(OKABE_ITO)], e[metric], np.array(e["lr"])
+            mean, lo, hi = (np.array([np.nan if v is None else v for v in d[k]]) for k in ("mean", "min", "max"))
+            clipped = mean <= 0
+            mean_c = np.where(clipped, floor, mean)
+            yerr = [mean_c - np.maximum(lo, floor), np.maximum(hi, floor) - mean_c]
+            fit = f"slope {d['slope']:.2f}" if d["slope"] is not None else "no fit"
+            ax.errorbar(x[~clipped], mean_c[~clipped], yerr=[yerr[0][~clipped], yerr[1][~clipped]], color=c,
+                        marker="o", ms=5, ls="none", capsize=3, label=f"{label}: {fit}")
+            if clipped.any():
+                ax.plot(x[clipped], mean_c[clipped], "v", mfc="none", color=c, ms=7, label=floor_label)
+                floor_label = None
+            if d["slope"] is not None:
+                xs = np.geomspace(x.min(), x.max(), 20)
+                ax.plot(xs, 10 ** (d["intercept"] + d["slope"] * np.log10(xs)), color=c, ls="--", lw=1)
+        ax.set(xscale="log", yscale="log", xlabel="optimizer learning rate η (peak)", ylabel=ylabel)
+        ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    fig.suptitle("Learning-rate law: pair error vs learning rate (mean over seeds, bars: min–max)")
+    return fig

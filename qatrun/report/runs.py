@@ -1,0 +1,138 @@
+"""Loading finished runs, grouping seeds into comparisons, labels and per-metric statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qatrun.config import flatten, is_operational
+
+BARE = ("experiment_name", "optimizer.name", "pair.twin", "estimator.name")  # shown as bare values in labels
+ALWAYS = ("optimizer.name", "pair.twin")  # always in automatic labels (unless named experiments differ)
+
+
+def ignored(key: str) -> bool:
+    """Config keys that never separate comparisons: the operational ones, and the seed itself."""
+    return is_operational(key) or key == "seed"
+
+
+@dataclass
+class Run:
+    path: Path
+    summary: dict  # scalar figures
+    history: dict
+    flat: dict  # resolved config, flattened to dotted keys
+
+    def value(self, key: str) -> float:
+        v = self.summary.get(key, self.flat.get(key))
+        return float(v) if isinstance(v, (int, float)) and v is not None else math.nan
+
+    def key(self, drop=()) -> tuple:
+        return tuple(sorted((k, v) for k, v in self.flat.items() if not ignored(k) and k not in drop))
+
+
+def load_run(path: Path) -> Run:
+    s = json.loads((path / "summary.json").read_text())
+    history, config = s.pop("history", None) or {}, s.pop("config", None)
+    if config is None and (path / ".hydra" / "config.yaml").exists():
+        from omegaconf import OmegaConf
+        config = OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "config.yaml"), resolve=False)
+    flat = flatten(config or {})
+    for key, skey in [("seed", "seed"), ("estimator.name", "estimator"), ("pair.twin", "twin")]:
+        flat.setdefault(key, s.get(skey))  # runs without a config still group by what the summary says
+    return Run(path, s, history, flat)
+
+
+def find_runs(paths, notes: list) -> list[Run]:
+    runs, dirs = [], sorted({p.parent for root in map(Path, paths) for p in root.rglob("summary.json")})
+    for d in dirs:
+        try:
+            runs.append(load_run(d))
+        except (OSError, ValueError) as e:
+            notes.append(f"{d}: unreadable summary.json ({e}); skipped")
+    unfinished = {p.parent.parent for root in map(Path, paths) for p in root.rglob(".hydra/overrides.yaml")} - set(dirs)
+    if unfinished:
+        notes.append(f"{len(unfinished)} run dir(s) without summary.json (unfinished?): "
+                     + ", ".join(sorted(map(str, unfinished))))
+    return runs
+
+
+def uninformative(runs: list[Run]) -> set:
+    """Keys some runs lack (an older config schema, another optimizer's settings) that take a single value
+    where present: they tell no runs apart, so they must not split seeds into separate groups."""
+    vals: dict = {}
+    for r in runs:
+        for k, v in r.flat.items():
+            vals.setdefault(k, set()).add(repr(v))
+    return {k for k, v in vals.items() if len(v) == 1 and any(k not in r.flat for r in runs)}
+
+
+def sort_key(v) -> tuple:
+    return (0, float(v), "") if isinstance(v, (int, float)) and v is not None else (1, 0.0, str(v))
+
+
+def fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def label_keys(groups: list[dict], drop=frozenset()) -> list[str]:
+    """ALWAYS keys, plus keys that differ between groups of the same optimizer and estimator (so one
+    optimizer's own settings don't count against another's), plus the lr whenever it differs. When
+    groups come from different named experiments: the name plus what varies inside one experiment."""
+    def varies(k, same=("optimizer.name", "estimator.name")):
+        seen: dict = {}
+        for g in groups:
+            if k in g:
+                seen.setdefault(tuple(repr(g.get(s)) for s in same), set()).add(repr(g[k]))
+        return any(len(v) > 1 for v in seen.values())
+
+    union = sorted({k for g in groups for k in g if not ignored(k) and k not in drop})
+    if "experiment_name" in union and varies("experiment_name", ()):
+        within = [k for k in union if k != "experiment_name" and varies(k, ("experiment_name",))]
+        # bare names first (optimizer, twin), then the rest; an optimizer's own switch adds nothing
+        keys = [k for k in BARE if k in within] + [k for k in within if k not in BARE and k != "optimizer.twin_warp"]
+        return ["experiment_name"] + keys
+    differ = [k for k in union if varies(k) or (k in BARE + ("optimizer.lr",) and varies(k, ()))]
+    keys = [k for k in BARE if k in union and (k in ALWAYS or k in differ)]
+    return keys + [k for k in differ if k not in keys]
+
+
+def make_labels(groups: list[dict], keys=None) -> list[str]:
+    """A label per group (dict of dotted key -> value) built from ``keys`` (default: label_keys)."""
+    keys = keys if keys is not None else label_keys(groups)
+    short = [k.split(".")[-1] for k in keys]
+    names = [s if short.count(s) == 1 else k for k, s in zip(keys, short)]
+    labels, seen = [], {}
+    for g in groups:
+        parts = [fmt(g[k]) if k in BARE else f"{n}={fmt(g[k])}" for k, n in zip(keys, names) if g.get(k) is not None]
+        label = " ".join(parts) or "run"
+        seen[label] = seen.get(label, 0) + 1
+        labels.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+    return labels
+
+
+def aggregate(runs: list[Run], label_by) -> list[tuple[str, list[Run]]]:
+    """Group runs that differ only by seed (and operational keys); label each group."""
+    groups: dict = {}
+    drop = uninformative(runs)
+    for r in runs:
+        groups.setdefault(r.key(drop), []).append(r)
+    reps = [({**rs[0].summary, **rs[0].flat} if label_by else rs[0].flat) for rs in groups.values()]
+    keys = label_by or label_keys(reps, drop)
+    for rs in groups.values():
+        rs.sort(key=lambda r: (str(r.flat.get("seed")), str(r.path)))
+    order = sorted(range(len(reps)), key=lambda i: [sort_key(reps[i].get(k)) for k in keys] + [repr(list(groups)[i])])
+    labels, rs = make_labels(reps, keys), list(groups.values())
+    return [(labels[i], rs[i]) for i in order]
+
+
+def stats(values) -> dict:
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if not len(v):
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}

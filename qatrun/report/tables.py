@@ -1,0 +1,48 @@
+"""The comparison table: ``table.md`` (mean ± sample std over seeds) and ``table.csv``."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+# Table columns: (summary key, header, kind) where kind "frac" prints 4 decimals, "err" 3 significant digits.
+COLUMNS = [
+    ("pair/quantized_agreement", "Quantized agreement", "frac"),
+    ("pair/alignment_error", "Alignment error", "err"),
+    ("pair/sequence_agreement", "Sequence agreement (exact)", "frac"),
+    ("pair/sequence_agreement_compressed", "Sequence agreement (compressed)", "frac"),
+    ("pair/changepoint_error", "Change-point error (steps)", "err"),
+    ("pair/inference_agreement", "Inference agreement", "frac"),
+    ("pair/logit_mse", "Logit MSE", "err"),
+    ("pair/corr_train_loss", "Corr. train loss", "frac"),
+    ("pair/corr_test_loss", "Corr. test loss", "frac"),
+    ("pair/corr_test_acc", "Corr. test acc.", "frac"),
+    ("est/test_acc", "Est. accuracy", "frac"),
+    ("twin/test_acc", "Twin accuracy", "frac"),
+]
+
+
+def sig3(x: float) -> str:
+    return f"{x:#.3g}".rstrip(".") if x else "0"  # 3 significant digits, trailing zeros kept (0.200)
+
+
+def cell(st: dict, kind: str) -> str:
+    if st["mean"] is None:
+        return "—"
+    f = (lambda x: f"{x:.4f}") if kind == "frac" else sig3
+    return f(st["mean"]) + (f" ± {f(st['std'])}" if st["n"] > 1 else "")
+
+
+def write_tables(comparisons: list[dict], out: Path) -> None:
+    heads = ["Comparison"] + [h for _, h, _ in COLUMNS] + ["n seeds"]
+    lines = ["Mean ± sample standard deviation over seeds (NaN values left out; — : not available).", "",
+             "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for c in comparisons:
+        cells = [c["label"]] + [cell(c["metrics"][k], kind) for k, _, kind in COLUMNS] + [str(c["n_seeds"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    with open(out / "table.csv", "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["comparison", "n_seeds"] + [f"{k}_{s}" for k, _, _ in COLUMNS for s in ("mean", "std")])
+        for c in comparisons:
+            wr.writerow([c["label"], c["n_seeds"]] + [c["metrics"][k][s] for k, _, _ in COLUMNS for s in ("mean", "std")])
