@@ -8,14 +8,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-SHOWN = ("pair/quantized_agreement", "pair/alignment_error", "pair/sequence_agreement", "pair/inference_agreement",
-         "pair/logit_mse", "est/test_acc", "twin/test_acc", "alpha", "twin_lr_factor", "twin_init")
-
 
 @hydra.main(version_base="1.3", config_path="pkg://qatrun.configs", config_name="config")
 def _main(cfg: DictConfig) -> float | None:
     from qatrun import dist
-    from qatrun.train import TrainingError, train  # imported late: --help stays fast
+    from qatrun.train import TrainingError, summary_lines, train  # imported late: --help stays fast
 
     run_dir = cfg.resume or HydraConfig.get().runtime.output_dir
     try:
@@ -28,10 +25,7 @@ def _main(cfg: DictConfig) -> float | None:
     if not dist.is_main():
         return None
     print(f"\nrun directory: {run_dir}")
-    for key in SHOWN:
-        if key in summary:
-            v = summary[key]
-            print(f"  {key:32s} {v:.6g}" if isinstance(v, float) else f"  {key:32s} {v}")
+    print("\n".join(summary_lines(summary)))
     return summary.get("pair/quantized_agreement")
 
 

@@ -214,8 +214,16 @@ class Pair:
         """Quantized agreement and alignment (0-dim device tensors; empty without a measured twin)."""
         return self.comparer.compute() if self.comparer is not None else {}
 
-    def changepoint_figures(self) -> dict[str, torch.Tensor]:
-        return {f"pair/{k}": v for k, v in self.tracker.compute().items()} if self.tracker is not None else {}
+    def changepoint_figures(self, per_layer: bool = False) -> dict[str, torch.Tensor]:
+        """Change-point, mover and untrained-twin figures (0-dim device tensors; empty without a tracker)."""
+        if self.tracker is None:
+            return {}
+        out = {f"pair/{k}": v for k, v in self.tracker.compute().items()}
+        if per_layer:
+            names = [n for n, _ in self.layers[0]]
+            for name, figs in self.tracker.compute_layers(names).items():
+                out.update({f"layers/{name}/{k}": v for k, v in figs.items()})
+        return out
 
     @torch.no_grad()
     def evaluate(self, test_batches) -> dict[str, float]:

@@ -23,6 +23,7 @@ from qatrun import checks, dist, estimators, optim
 from qatrun.data import build_data
 from qatrun.files import write_json
 from qatrun.metrics import pearson
+from qatrun.metrics.function import MIN_CURVE_POINTS
 from qatrun.metrics.common import to_host
 from qatrun.pair import Pair, build_run, resolve_twin
 from qatrun.record import Recorder
@@ -70,7 +71,7 @@ def build_pair(cfg: DictConfig, num_classes: int, device, steps: int, measure: b
 
 def log_figures(pair: Pair, step: int, losses: list[float] | None) -> dict:
     """The figures logged every ``log_every`` steps: weight agreement and alignment, losses, lrs."""
-    figs = to_host(pair.weight_figures())
+    figs = to_host(pair.weight_figures() | pair.changepoint_figures(per_layer=True))
     for run, v in zip(pair.runs, losses or []):
         figs[f"{run}/loss"] = v
     for run, lr in zip(pair.runs, pair.lrs()):
@@ -176,6 +177,7 @@ def summarize(pair: Pair, steps: int, seed: int, final_eval: dict, history: dict
     """The final figures (README, "Outputs"), the logged curves and the resolved config."""
     est, spec = pair.est, pair.spec
     out = {"steps": steps, "seed": seed, "estimator": est.name, "twin": spec.mode,
+           "alignment_map": "mirror" if spec.init == "mirror" else "identity",
            "alpha": est.alpha if est.in_class else None,
            "twin_lr_factor": spec.lr_factor, "twin_lr_scale": spec.lr_scale, "twin_init": spec.init}
     out.update(final_eval)
@@ -187,7 +189,8 @@ def summarize(pair: Pair, steps: int, seed: int, final_eval: dict, history: dict
             out["twin/loss"] = history["twin/loss"][-1]
     if pair.comparer is not None:
         for curve, name in (("loss", "train_loss"), ("test_loss", "test_loss"), ("test_acc", "test_acc")):
-            out[f"pair/corr_{name}"] = pearson(history[f"est/{curve}"], history[f"twin/{curve}"])
+            out[f"pair/corr_{name}"] = pearson(history[f"est/{curve}"], history[f"twin/{curve}"],
+                                               min_points=MIN_CURVE_POINTS)
     out = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
     out["history"] = history
     out["config"] = config
@@ -198,3 +201,26 @@ def hparam_view(cfg) -> dict:
     return {"estimator": cfg.estimator.name, "bits": cfg.estimator.bits, "k": str(cfg.estimator.get("k")),
             "optimizer": cfg.optimizer.name, "lr": cfg.optimizer.lr, "twin": cfg.pair.twin,
             "twin_lr_scale": cfg.pair.twin_lr_scale, "seed": cfg.seed, "model": cfg.model.name}
+
+
+# The end-of-run printout: (figure, its untrained-twin baseline or None).
+SHOWN = [("pair/quantized_agreement", "pair/quantized_agreement_untrained"), ("pair/mover_fraction", None),
+         ("pair/mover_agreement", "pair/mover_agreement_untrained"),
+         ("pair/mover_sequence_agreement", "pair/mover_sequence_agreement_untrained"),
+         ("pair/alignment_error", None), ("pair/alignment_error_mirror", None), ("pair/alignment_error_identity", None),
+         ("pair/inference_agreement", None), ("pair/logit_mse", None), ("est/test_acc", None), ("twin/test_acc", None),
+         ("alpha", None), ("twin_lr_factor", None), ("twin_init", None)]
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """One line per headline figure, with the untrained twin's score beside each agreement."""
+    lines = []
+    for key, base in SHOWN:
+        v = summary.get(key)
+        if key not in summary:
+            continue
+        text = f"{v:.6g}" if isinstance(v, float) else str(v)
+        if base is not None and isinstance(summary.get(base), float):
+            text += f"  (untrained twin {summary[base]:.4g})"
+        lines.append(f"  {key:32s} {text}")
+    return lines

@@ -71,6 +71,17 @@ class ChangePointTracker:
     * **Oscillation**: a change back to the level held before the previous change (``x-y-x``);
       ``a-b-a-b`` has 2. ``oscillations_a/b``: totals; ``oscillating_fraction_a/b``: fraction of
       weights with at least one. ``changes_a/b``: total number of changes.
+    * **Movers**: weights whose level changed at least once in either run; the claim is about
+      them (most weights of a short run never change level, and those agree trivially).
+      ``mover_fraction``; over movers only: ``mover_agreement`` (same final level) and
+      ``mover_sequence_agreement`` (identical exact sequences). The change-point error needs no
+      mover version: a weight that never changed adds nothing to either of its sums.
+    * **Untrained-twin baselines**: what a twin that never trained would score (its levels stay
+      the initial ones, which both runs share): ``quantized_agreement_untrained`` (run a's final
+      level equals its initial level), ``sequence_agreement_untrained`` (run a never changed) and
+      their mover versions ``mover_agreement_untrained``, ``mover_sequence_agreement_untrained``.
+    * ``compute_layers(names)``: the mover figures per layer, when the initial levels were given
+      as one tensor per layer.
 
     Sequence equality is tested with two polynomial rolling hashes per weight and run
     (``h <- h * B + level + 1 mod P``, P1 = 2^31 - 1 and P2 = 2147483629, different bases),
@@ -81,7 +92,7 @@ class ChangePointTracker:
     Memory per weight (the two runs together): 2 x (int16 level + int16 previous level + int32
     count + 2 x int32 hash + bool oscillated + int32 compressed count + 2 x int32 compressed hash
     + 2 x int32 compressed hash before the last append + bool pop available) = 2 x 38 B, plus
-    2 x int64 accumulated error (exact, compressed) = 92 bytes per weight (2.3 GB for ResNet-50's
+    2 x int64 accumulated error (exact, compressed) + int16 initial level of run a = 94 bytes per weight (2.4 GB for ResNet-50's
     25M weights). A dense ``update`` also holds, transiently, one run's new state (38 B/weight) and a
     few int64 temporaries (up to 16 B/weight each).
 
@@ -91,6 +102,8 @@ class ChangePointTracker:
     """
 
     def __init__(self, init_levels_a, init_levels_b, init_step: int = 0, sparse: bool | None = None):
+        self.sizes = [init_levels_a.numel()] if isinstance(init_levels_a, torch.Tensor) else [
+            l.numel() for l in init_levels_a]
         la = _flat_levels(init_levels_a, check=True)
         lb = _flat_levels(init_levels_b, check=True).to(la.device)
         if la.shape != lb.shape:
@@ -120,6 +133,7 @@ class ChangePointTracker:
             }
             for k, v in st.items():
                 self.state[f"{run}.{k}"] = v
+        self.state["a.init"] = la.clone()  # for the untrained-twin baselines
         self.state["dist"] = torch.zeros(self.numel, dtype=torch.int64, device=dev)
         self.state["cdist"] = torch.zeros(self.numel, dtype=torch.int64, device=dev)
 
@@ -214,7 +228,43 @@ class ChangePointTracker:
             out[f"changes_{run}"] = s[f"{run}.count"].sum(dtype=torch.int64)
             out[f"oscillations_{run}"] = s[f"{run}.osc_total"].clone()
             out[f"oscillating_fraction_{run}"] = ratio(s[f"{run}.osc"].sum(), n)
+        flags = self._flags(same_level, agree)
+        out.update(self._mover_figures({k: v.sum() for k, v in flags.items()}, n))
         return out
+
+    def _flags(self, same_level: torch.Tensor, agree: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-weight booleans behind the mover and baseline figures."""
+        s = self.state
+        mover = (s["a.count"] > 0) | (s["b.count"] > 0)
+        stayed = s["a.level"] == s["a.init"]  # an untrained twin agrees here
+        still = s["a.count"] == 0  # ... and its one-level sequence agrees here
+        return {"mover": mover, "mover_same": mover & same_level, "mover_agree": mover & agree,
+                "stayed": stayed, "mover_stayed": mover & stayed, "still": still, "mover_still": mover & still}
+
+    @staticmethod
+    def _mover_figures(c: dict[str, torch.Tensor], n) -> dict[str, torch.Tensor]:
+        """Figures from the counts of ``_flags`` over ``n`` weights."""
+        return {
+            "mover_fraction": ratio(c["mover"], n),
+            "mover_agreement": ratio(c["mover_same"], c["mover"]),
+            "mover_sequence_agreement": ratio(c["mover_agree"], c["mover"]),
+            "quantized_agreement_untrained": ratio(c["stayed"], n),
+            "mover_agreement_untrained": ratio(c["mover_stayed"], c["mover"]),
+            "sequence_agreement_untrained": ratio(c["still"], n),
+            "mover_sequence_agreement_untrained": ratio(c["mover_still"], c["mover"]),
+        }
+
+    @torch.no_grad()
+    def compute_layers(self, names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+        """``name -> {mover_fraction, mover_agreement, ...}`` per layer (the initial levels' layers)."""
+        if len(names) != len(self.sizes):
+            raise ValueError(f"{len(names)} layer names for {len(self.sizes)} layers")
+        s = self.state
+        same_level = s["a.level"] == s["b.level"]
+        agree = same_level & (s["a.count"] == s["b.count"]) & (s["a.hash"] == s["b.hash"]).all(0)
+        parts = {k: torch.split(v, self.sizes) for k, v in self._flags(same_level, agree).items()}
+        return {name: self._mover_figures({k: p[i].sum() for k, p in parts.items()}, size)
+                for i, (name, size) in enumerate(zip(names, self.sizes))}
 
     # -- checkpointing ----------------------------------------------------------------------
 
@@ -222,11 +272,12 @@ class ChangePointTracker:
         """Plain tensors, always copied to the CPU (no device-memory duplicate; syncs)."""
         sd = {k: v.detach().to("cpu", copy=True) for k, v in self.state.items()}
         sd["last_step"] = torch.tensor(self.last_step, dtype=torch.int64)
+        sd["sizes"] = torch.tensor(self.sizes, dtype=torch.int64)
         sd["hash_params"] = torch.tensor([*_PRIMES, *_BASES], dtype=torch.int64)
         return sd
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        expected = set(self.state) | {"last_step", "hash_params"}
+        expected = set(self.state) | {"last_step", "hash_params", "sizes"}
         if set(sd) != expected:
             raise ValueError(f"state dict keys differ: missing {sorted(expected - set(sd))}, "
                              f"unexpected {sorted(set(sd) - expected)}")
@@ -239,6 +290,7 @@ class ChangePointTracker:
         for k, v in self.state.items():
             v.copy_(sd[k])
         self.last_step = int(sd["last_step"])
+        self.sizes = sd["sizes"].tolist()
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, torch.Tensor], device=None, sparse: bool | None = None) -> "ChangePointTracker":

@@ -134,17 +134,22 @@ def function_metrics(logits_a, logits_b, labels, loss_a=None, loss_b=None) -> di
 
 
 
-def pearson(x, y) -> float:
+# Fewer points than this and a correlation of two curves says nothing (two or three points of a
+# falling loss correlate at ~1.0 whatever the runs do).
+MIN_CURVE_POINTS = 5
+
+
+def pearson(x, y, min_points: int = 2) -> float:
     """Pearson correlation of two equal-length 1-D curves (tensors, arrays or lists of floats).
 
-    Computed in float64 on the host. NaN if there are fewer than 2 points or either curve is
+    Computed in float64 on the host. NaN if there are fewer than ``min_points`` (at least 2) points or either curve is
     exactly constant; NaN also propagates from NaN entries. Clamped to [-1, 1].
     """
     x = torch.as_tensor(x).detach().to("cpu", torch.float64).reshape(-1)
     y = torch.as_tensor(y).detach().to("cpu", torch.float64).reshape(-1)
     if x.numel() != y.numel():
         raise ValueError(f"pearson: curves differ in length ({x.numel()} vs {y.numel()})")
-    if x.numel() < 2 or bool((x == x[0]).all()) or bool((y == y[0]).all()):
+    if x.numel() < max(2, min_points) or bool((x == x[0]).all()) or bool((y == y[0]).all()):
         return _NAN
     xc = x - x.mean()
     yc = y - y.mean()

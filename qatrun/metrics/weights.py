@@ -39,23 +39,42 @@ class WeightComparer:
         torch._foreach_copy_(self._prev, cur)
 
     def mapped(self, layer) -> torch.Tensor:
+        """``map(w)`` of an estimator-run layer: the init map the twin went through."""
+        return self._map(layer, self.use_mirror)
+
+    @staticmethod
+    def _map(layer, mirror: bool) -> torch.Tensor:
         w = layer.weight.detach()
-        return layer.estimator.mirror(w, layer.m) if self.use_mirror else w
+        return layer.estimator.mirror(w, layer.m) if mirror else w
 
     @torch.no_grad()
     def compute(self) -> dict[str, torch.Tensor]:
-        """0-dim tensors: overall and per-layer agreement, alignment distance and error."""
-        out, agree, total, dist = {}, 0, 0, 0
+        """0-dim tensors: overall and per-layer agreement, alignment distance and error.
+
+        ``pair/alignment_error`` (the headline) goes through the map the twin's init went through.
+        Where the estimator has a mirror map, both versions are given under their own names,
+        ``pair/alignment_error_mirror`` (through ``M``) and ``pair/alignment_error_identity``, so a
+        warped pair and its no-warp control can be compared on the same quantity.
+        """
+        maps = {"identity": False, "mirror": True} if self.est[0].estimator.in_class else {"identity": False}
+        out, agree, total = {}, 0, 0
+        dist = {k: 0 for k in maps}
         for name, le, lt, inv_m in zip(self.names, self.est, self.twin, self.inv_m):
             g = le.grid
             same = (g.level_index(le.weight, le.m) == g.level_index(lt.weight, lt.m)).sum()
-            d = (self.mapped(le).double() - lt.weight.double()).abs().sum() * inv_m
             out[f"layers/{name}/quantized_agreement"] = same / le.weight.numel()
-            agree, total, dist = agree + same, total + le.weight.numel(), dist + d
+            agree, total = agree + same, total + le.weight.numel()
+            for k, mirror in maps.items():
+                dist[k] = dist[k] + (self._map(le, mirror).double() - lt.weight.double()).abs().sum() * inv_m
         out["pair/quantized_agreement"] = agree / total
-        out["pair/alignment_distance"] = dist
         out["pair/distance_travelled"] = self.travelled.clone()
-        out["pair/alignment_error"] = torch.where(self.travelled > 0, dist / self.travelled, torch.zeros_like(dist))
+        error = lambda d: torch.where(self.travelled > 0, d / self.travelled, torch.zeros_like(d))
+        for k in maps:
+            out[f"pair/alignment_distance_{k}"] = dist[k]
+            out[f"pair/alignment_error_{k}"] = error(dist[k])
+        headline = "mirror" if self.use_mirror else "identity"
+        out["pair/alignment_distance"] = dist[headline]
+        out["pair/alignment_error"] = error(dist[headline])
         return out
 
     @torch.no_grad()
