@@ -45,6 +45,11 @@ def write_run(d, *, opt="sgd", lr=0.01, twin="auto", seed=0, qa=0.99, ae=0.1, ac
                      "eval_step": [0, 15, 30], "est/test_loss": [2.3, 1.2, 0.6], "est/test_acc": [0.1, 0.7, acc]},
          "config": config(opt, lr, twin, seed)}
     if twin != "none":
+        mirror = s["twin_init"] == "mirror"
+        s.update({"pair/alignment_error_mirror": ae if mirror else None,
+                  "pair/alignment_error_identity": 3 * ae if mirror else ae,
+                  "pair/mover_fraction": 0.05, "pair/mover_agreement": 1 - 20 * (1 - qa),
+                  "pair/mover_agreement_untrained": 0.1, "pair/quantized_agreement_untrained": 0.95})
         s.update({"pair/quantized_agreement": qa, "pair/alignment_error": ae, "pair/sequence_agreement": qa - 0.001,
                   "pair/sequence_agreement_compressed": qa, "pair/changepoint_error": 0.7,
                   "pair/changepoint_error_compressed": 1.2, "pair/inference_agreement": 0.95,
@@ -144,11 +149,14 @@ def test_table(tree):
     assert row["n seeds"] == "2"
     assert row["Est. accuracy"] == "0.9100 ± 0.0141"  # 0.90, 0.92: sample std 0.01414
     ae = [2 * 0.01**0.5 * f for f in FACTORS.values()]
-    assert row["Alignment error"] == f"{np.mean(ae):#.3g} ± {np.std(ae, ddof=1):#.3g}" == "0.200 ± 0.0283"
+    assert row["Alignment error through M"] == f"{np.mean(ae):#.3g} ± {np.std(ae, ddof=1):#.3g}" == "0.200 ± 0.0283"
     assert row["Quantized agreement"] == "0.9990 ± 0.0001"
-    assert row["Corr. test loss"] == "—"  # null in every seed
+    assert row["Mover agreement"] == "0.9800 ± 0.0028"  # 1 - 20 * 0.001 * f for f = 0.9, 1.1: std 0.02 * 0.1414
+    assert row["Mover agr., untrained twin"] == "0.1000 ± 0.0000" and row["Movers"] == "0.0500 ± 0.0000"
+    assert "Sequence agreement (compressed)" not in row  # kept in summary.json only (README)
     adam = rows["adam ste lr=0.001"]
-    assert adam["n seeds"] == "1" and adam["Quantized agreement"] == "0.9800" and adam["Alignment error"] == "—"
+    assert adam["n seeds"] == "1" and adam["Quantized agreement"] == "0.9800"
+    assert adam["Alignment error through M"] == "—" and adam["Alignment error, identity"] == "—"  # NaN
     none = rows["sgd none lr=0.03"]
     assert none["Quantized agreement"] == "—" and none["Est. accuracy"] == "0.9000"
 
@@ -156,7 +164,7 @@ def test_table(tree):
 def test_csv_and_summary(tree):
     _, out = tree
     csv_lines = (out / "table.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("comparison,n_seeds,pair/quantized_agreement_mean,pair/quantized_agreement_std")
+    assert csv_lines[0].startswith("comparison,n_seeds,pair/mover_fraction_mean,pair/mover_fraction_std")
     assert len(csv_lines) == 1 + 4
     summ = json.loads((out / "summary.json").read_text())
     comp = next(c for c in summ["comparisons"] if c["label"] == "sgd auto lr=0.01")
@@ -342,3 +350,44 @@ def test_report_over_two_real_tiny_runs(tmp_path):
     assert len(list(out.glob("pairs/*/*.pdf"))) == len(pngs)
     notes = json.loads((out / "summary.json").read_text())["notes"]
     assert not [n for n in notes if "weights_sample.pt" in n]  # the trainer saves thresholds and levels
+
+
+def family(tmp_path, roles, seeds=(0, 1)):
+    """Runs of one estimator/lr differing only in the twin: role -> mover agreement."""
+    modes = {"warped": ("auto", "mirror", 0.6095, 1.0), "paper_control": ("warp_lr", "identity", 0.6095, 1.0),
+             "no_warp": ("ste", "identity", 1.0, 1.0), "jitter": ("self", "identity", 1.0, 1.01)}
+    for rl, agree in roles.items():
+        twin, init, factor, scale = modes[rl]
+        for seed in seeds:
+            d = tmp_path / rl / str(seed)
+            write_run(d, twin=twin, seed=seed, weights=False)
+            s = json.loads((d / "summary.json").read_text())
+            s.update({"twin_init": init, "twin_lr_factor": factor, "twin_lr_scale": scale,
+                      "pair/mover_agreement": agree + 0.001 * seed, "pair/mover_fraction": 0.04,
+                      "pair/mover_agreement_untrained": 0.08})
+            s["config"]["pair"] = {"twin": twin, "twin_lr_scale": scale}
+            (d / "summary.json").write_text(json.dumps(s))
+    return report.report([tmp_path], tmp_path / "out", formats=["png"], pair_figs=False)
+
+
+def test_verdict_supports_when_the_warp_closes_the_gap(tmp_path):
+    res = family(tmp_path, {"warped": 0.97, "paper_control": 0.75, "no_warp": 0.70, "jitter": 0.98})
+    (v,) = res["verdicts"]
+    assert v["verdict"] == "supports" and v["gap_closed"] == pytest.approx((0.9705 - 0.7005) / (0.9805 - 0.7005))
+    text = (tmp_path / "out" / "findings.md").read_text()
+    for fig in ("97.0% ± 0.1", "75.0% ± 0.1", "70.0% ± 0.1", "98.0% ± 0.1", "8.0%", "4.0%", "96% of the gap"):
+        assert fig in text, fig
+    assert 'supports "an STE in disguise" at lr 0.01' in text and "tanh, sgd, lr 0.01, 30 steps (2 seeds)" in text
+
+
+def test_verdict_does_not_support_when_warped_is_no_better_than_the_control(tmp_path):
+    (v,) = family(tmp_path, {"warped": 0.71, "no_warp": 0.70, "jitter": 0.98})["verdicts"]
+    assert v["verdict"] == "does not support" and v["gap_closed"] < 0.25
+    (v,) = family(tmp_path / "b", {"warped": 0.85, "no_warp": 0.70, "jitter": 0.98})["verdicts"]
+    assert v["verdict"] == "partly supports"
+
+
+def test_no_verdict_without_a_jitter_floor(tmp_path):
+    (v,) = family(tmp_path, {"warped": 0.97, "no_warp": 0.70})["verdicts"]
+    assert v["verdict"].startswith("no verdict") and v["gap_closed"] is None
+    assert "No verdict (no jitter floor" in (tmp_path / "out" / "findings.md").read_text()

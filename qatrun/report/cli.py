@@ -5,7 +5,8 @@
 Every directory holding a ``summary.json`` (searched recursively) is one pair. Writes
 ``OUT/pairs/<label>/{curves,alignment_scatter,movement_scatter,agreement}.<fmt>`` per pair,
 ``OUT/lr_law.<fmt>`` + ``OUT/lr_law.json`` (error vs learning rate, fitted log-log slopes per family),
-and ``OUT/table.{md,csv}`` + ``OUT/summary.json`` (seeds aggregated per comparison). Missing pieces
+``OUT/table.{md,csv}`` + ``OUT/summary.json`` (seeds aggregated per comparison) and ``OUT/findings.md``
+(a verdict per estimator and learning rate, in plain words, from the numbers: see ``verdict.py``). Missing pieces
 (no weight sample, ``pair.twin=none``, NaN metrics) skip the figure and add a note instead.
 """
 
@@ -24,6 +25,7 @@ from .figures import STYLE, pair_figures, save
 from .lrlaw import fig_lr_law, lr_law
 from .runs import aggregate, find_runs, stats
 from .tables import COLUMNS, write_tables
+from .verdict import findings_markdown, verdicts
 
 DESCRIPTION = ("Figures and tables from finished pair runs (metrics: see the README, section Metric "
                "definitions; the paper: arXiv 2405.05171).")
@@ -58,7 +60,9 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
             notes.append("lr law: no family with >= 3 learning rates; lr_law figure skipped")
     write_json(out / "lr_law.json", law)
     write_tables(comparisons, out)
-    result = jsonable({"comparisons": comparisons, "lr_law": law, "pairs": pairs, "notes": notes})
+    vs = verdicts(runs)
+    (out / "findings.md").write_text(findings_markdown(vs, law))
+    result = jsonable({"comparisons": comparisons, "lr_law": law, "verdicts": vs, "pairs": pairs, "notes": notes})
     write_json(out / "summary.json", result)
     return result
 

@@ -1,0 +1,121 @@
+"""Verdicts in plain words: does a run support "an STE in disguise" (arXiv 2405.05171)?
+
+For every family of runs that differ only in the twin (same estimator, optimizer, learning rate,
+length, data), each run gets a role from its twin mode, and one paragraph sets the pair the theorem
+predicts against its controls over the weights that moved:
+
+* SGD: the warped pair (twin at ``M(w0)`` and ``alpha * lr``) against the paper's control
+  (``warp_lr``: ``alpha * lr`` from ``w0``), the plain STE twin (``sgd_nowarp``), the jitter floor
+  (the estimator against itself at lr x 1.01) and an untrained twin;
+* Adam: the plain STE twin (the theorem's Adam twin) against the jitter floor and an untrained twin.
+
+The verdict is the share of the gap between the reference (the no-warp control for SGD, the
+untrained twin for Adam) and the jitter floor that the predicted pair closes: at least 75%
+supports the claim at that learning rate, 25-75% partly, below 25% does not. Without a jitter
+floor in the report there is no verdict, only the numbers. ``findings.md`` collects the
+paragraphs so that prose quoting the results is generated from them.
+"""
+
+from __future__ import annotations
+
+from .runs import Run, ignored, stats
+
+SUPPORTS, PARTLY = 0.75, 0.25
+METRIC = "pair/mover_agreement"
+# Keys that make the twin, not the experiment: runs differing only here belong to one family.
+TWIN_KEYS = ("pair.twin", "pair.twin_lr_scale", "experiment_name")
+
+
+def role(run: Run) -> str | None:
+    s = run.summary
+    twin, init, factor, scale = s.get("twin"), s.get("twin_init"), s.get("twin_lr_factor"), s.get("twin_lr_scale", 1.0)
+    if twin == "self":
+        return "jitter" if scale not in (None, 1.0) else None
+    if init == "mirror" and factor not in (None, 1.0):
+        return "warped"
+    if init == "identity" and factor not in (None, 1.0):
+        return "paper_control"
+    if init == "identity" and factor == 1.0 and twin in ("ste", "auto"):
+        return "adam_twin" if run.flat.get("optimizer.name", "").startswith("adam") else "no_warp"
+    return None
+
+
+def families(runs: list[Run]) -> list[tuple[tuple, dict[str, list[Run]]]]:
+    out: dict[tuple, dict[str, list[Run]]] = {}
+    for r in runs:
+        rl = role(r)
+        if rl is None:
+            continue
+        key = tuple(sorted((k, v) for k, v in r.flat.items() if not ignored(k) and k not in TWIN_KEYS))
+        out.setdefault(key, {}).setdefault(rl, []).append(r)
+    return sorted(out.items(), key=lambda kv: str(kv[0]))
+
+
+def _pct(st) -> str:
+    if st["mean"] is None:
+        return "n/a"
+    return f"{100 * st['mean']:.1f}%" + (f" ± {100 * st['std']:.1f}" if st["n"] > 1 else "")
+
+
+def _m(rs: list[Run], key: str = METRIC) -> dict:
+    return stats([r.value(key) for r in rs])
+
+
+def verdict(roles: dict[str, list[Run]]) -> dict | None:
+    """One family's paragraph and figures, or None when it has no predicted pair."""
+    pred_role = "warped" if "warped" in roles else "adam_twin" if "adam_twin" in roles else None
+    if pred_role is None:
+        return None
+    pred = roles[pred_role]
+    r0 = pred[0]
+    est, opt, lr = r0.summary.get("estimator"), r0.flat.get("optimizer.name"), r0.flat.get("optimizer.lr")
+    steps, seeds = r0.summary.get("steps"), len(pred)
+    figs = {rl: _m(rs) for rl, rs in roles.items()}
+    figs["untrained"] = _m(pred, "pair/mover_agreement_untrained")
+    movers = _m(pred, "pair/mover_fraction")
+    words = {"warped": "the warped pair (STE twin from M(w0) at lr x alpha)",
+             "adam_twin": "the plain STE twin (same init, same lr)"}
+    text = (f"**{est}, {opt}, lr {lr:g}, {steps} steps ({seeds} seed{'s' if seeds > 1 else ''}).** "
+            f"Over the {_pct(movers)} of quantized weights that changed level, {words[pred_role]} ends at the "
+            f"same level on {_pct(figs[pred_role])} of them")
+    parts = []
+    if "paper_control" in figs:
+        parts.append(f"the paper's control (lr x alpha from w0) on {_pct(figs['paper_control'])}")
+    if "no_warp" in figs:
+        parts.append(f"a plain STE twin (no adjustment) on {_pct(figs['no_warp'])}")
+    if "jitter" in figs:
+        parts.append(f"the jitter floor ({est} against itself at lr x 1.01) on {_pct(figs['jitter'])}")
+    parts.append(f"and a twin that never trained would score {_pct(figs['untrained'])}")
+    text += "; " + ", ".join(parts) + "."
+    ref_role = next((r for r in ("no_warp", "paper_control") if r in figs), None) if pred_role == "warped" else None
+    ref = figs[ref_role] if ref_role else figs["untrained"]
+    closed, call = None, "no verdict (no jitter floor in this report)"
+    if "jitter" in figs and None not in (ref["mean"], figs["jitter"]["mean"], figs[pred_role]["mean"]):
+        gap = figs["jitter"]["mean"] - ref["mean"]
+        closed = (figs[pred_role]["mean"] - ref["mean"]) / gap if gap > 0 else None
+        if closed is not None:
+            call = ("supports" if closed >= SUPPORTS else "partly supports" if closed >= PARTLY else "does not support")
+            ref_words = {"no_warp": "the plain STE twin", "paper_control": "the paper's control",
+                         None: "the untrained twin"}[ref_role]
+            text += (f" It closes {100 * closed:.0f}% of the gap between {ref_words} and the jitter floor: "
+                     f"this run {call} \"an STE in disguise\" at lr {lr:g}.")
+    if closed is None:
+        text += f" {call[0].upper() + call[1:]}."
+    return {"estimator": est, "optimizer": opt, "lr": lr, "steps": steps, "seeds": seeds, "gap_closed": closed,
+            "verdict": call, "figures": figs, "mover_fraction": movers, "text": text}
+
+
+def verdicts(runs: list[Run]) -> list[dict]:
+    return [v for _, roles in families(runs) if (v := verdict(roles)) is not None]
+
+
+def findings_markdown(vs: list[dict], law: dict) -> str:
+    lines = ["# Findings (generated by qatrun-report from the runs; do not edit by hand)", ""]
+    lines += [v["text"] + "\n" for v in vs] or ["No family with a predicted pair in these runs.\n"]
+    if law:
+        lines.append("Learning-rate law (log-log slope against the lr, one seed per lr):\n")
+        for fam, d in sorted(law.items()):
+            slopes = [f"{k.replace('_', ' ')} {d[k]['slope']:.2f}" for k in ("disagreement", "alignment_error")
+                      if isinstance(d.get(k), dict) and d[k].get("slope") is not None]
+            lines.append(f"* {fam}: {', '.join(slopes) or 'no fit'}")
+    return "\n".join(lines).rstrip() + "\n"
