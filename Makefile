@@ -5,8 +5,9 @@ STAMP  := $(VENV)/.installed
 # Exact pair that installs on the dev/CI machines (pyproject keeps loose ranges for real users).
 TORCH  := torch==2.14.1 torchvision==0.29.1
 ARGS   ?=
+NGPU   ?= 1
 
-.PHONY: help install run test bench reproduce-mnist reproduce-mnist-quick report-mnist clean
+.PHONY: help install run test bench reproduce-mnist reproduce-mnist-quick reproduce-imagenet report-mnist clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -34,6 +35,10 @@ reproduce-mnist: install  ## full MNIST suite (about 2 h on 2 CPU cores; ARGS=de
 
 reproduce-mnist-quick: install  ## reduced MNIST suite (under 20 min on CPU)
 	bash scripts/reproduce_mnist.sh quick $(ARGS)
+
+reproduce-imagenet: install  ## ImageNet comparisons, ResNet-50 under torchrun: IMAGENET=/path [NGPU=8] [ARGS=...]
+	@test -n "$(IMAGENET)" || { echo "usage: make reproduce-imagenet IMAGENET=/path/to/imagenet [NGPU=8]" >&2; exit 2; }
+	bash scripts/reproduce_imagenet.sh $(IMAGENET) $(NGPU) $(ARGS)
 
 clean:  ## remove run outputs (not the venv)
 	rm -rf outputs multirun

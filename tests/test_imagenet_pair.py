@@ -75,3 +75,34 @@ def test_synthetic_pair_learns(tmp_path):
 def test_cuda_bf16_channels_last_pair(tmp_path):
     s = train(make_cfg("device=cuda", "precision=bf16", "channels_last=true", "trainer.max_steps=10"), tmp_path)
     assert s["pair/quantized_agreement"] > 0.98
+
+
+@pytest.mark.slow
+def test_reproduce_imagenet_script_end_to_end(tree, tmp_path):
+    """``make reproduce-imagenet``'s script on the generated tree: ResNet-18 on CPU, every comparison
+    through torchrun (one process), then the report with a verdict paragraph."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    tiny = ["model=resnet18", "dataset.batch_size=6", "dataset.eval_batch_size=3", "dataset.workers=0",
+            "dataset.image_size=32", "dataset.resize=36", "precision=fp32", "channels_last=false", "device=cpu",
+            "trainer.max_steps=3", "trainer.log_every=1", "trainer.eval_every=3", "trainer.progress=false"]
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PY": sys.executable, "REPORT": str(bindir / "qatrun-report")}
+    res = subprocess.run(["bash", "scripts/reproduce_imagenet.sh", str(tree), "1", *tiny], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = {d.name: json.loads((d / "summary.json").read_text()) for d in (tmp_path / "out" / "runs").iterdir()
+            if d.is_dir()}
+    assert set(runs) == {"sgd", "control", "adam", "jitter"}
+    assert (runs["sgd"]["twin_init"], runs["control"]["twin_init"]) == ("mirror", "identity")
+    assert runs["control"]["twin_lr_factor"] == runs["sgd"]["twin_lr_factor"] < 1  # lr x alpha, no warp
+    assert runs["adam"]["config"]["optimizer"]["name"] == "adam" and runs["jitter"]["twin"] == "self"
+    assert all(r["config"]["model"]["name"] == "resnet18" for r in runs.values())
+    assert (tmp_path / "out" / "table.md").exists() and (tmp_path / "out" / "findings.md").exists()
+    bad = subprocess.run(["bash", "scripts/reproduce_imagenet.sh", str(tmp_path / "nope")], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "must hold train/ and val/" in bad.stderr
