@@ -61,7 +61,12 @@ def build_pair(cfg: DictConfig, num_classes: int, device, steps: int, measure: b
     est = estimators.create(est_name, **est_options)
     model = build_run(cfg.model.name, num_classes, est, cfg.seed, cfg.model.he_init, **cfg.model.kwargs)
     opt_name, opt_options = group(cfg.optimizer)
-    spec = resolve_twin(cfg.pair.twin, est, optim.warps(opt_name), cfg.pair.twin_lr_scale)
+    twin_cfg = OmegaConf.select(cfg, "twin_estimator")  # absent unless estimator@twin_estimator=... is chosen
+    twin_est = None
+    if twin_cfg is not None:
+        twin_name, twin_options = group(twin_cfg)
+        twin_est = estimators.create(twin_name, **twin_options)
+    spec = resolve_twin(cfg.pair.twin, est, optim.warps(opt_name), cfg.pair.twin_lr_scale, twin_est)
     return Pair(model.to(device), est, spec, optimizer=opt_name, lr=opt_options.pop("lr"),
                 optimizer_options=opt_options, steps=steps, warmup_frac=cfg.trainer.warmup_frac,
                 precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
@@ -178,6 +183,7 @@ def summarize(pair: Pair, steps: int, seed: int, final_eval: dict, history: dict
     out = {"steps": steps, "seed": seed, "estimator": est.name, "twin": spec.mode,
            "alpha": est.alpha if est.in_class else None,
            "twin_lr_factor": spec.lr_factor, "twin_lr_scale": spec.lr_scale, "twin_init": spec.init}
+    out.update(spec.figures())
     out.update(final_eval)
     out.update(to_host(pair.weight_figures()))
     out.update(to_host(pair.changepoint_figures()))

@@ -15,14 +15,17 @@ class WeightComparer:
 
     ``init_map`` is the map the twin's init went through (``M`` or identity); the alignment error
     is ``sum |map(w_est) - w_twin| / m`` over the twin's distance travelled,
-    ``sum_t sum |w_twin(t+1) - w_twin(t)| / m``, which ``accumulate`` adds every step.
+    ``sum_t sum |w_twin(t+1) - w_twin(t)| / m``, which ``accumulate`` adds every step. ``to_twin``
+    (a function of an estimator-run layer) replaces ``map`` when given: for an A-B pair it is
+    ``M_B^{-1}(M_A(w_est))``, so both sides are in the twin's own coordinates.
     """
 
-    def __init__(self, est_layers, twin_layers, use_mirror: bool):
+    def __init__(self, est_layers, twin_layers, use_mirror: bool, to_twin=None):
         self.names = [n for n, _ in est_layers]
         self.est = [l for _, l in est_layers]
         self.twin = [l for _, l in twin_layers]
         self.use_mirror = use_mirror
+        self.to_twin = to_twin  # layer -> its weights in the twin's coordinates (an A-B pair's M_B^{-1}(M_A(w)))
         dev = self.twin[0].weight.device
         self.inv_m = [1.0 / l.m for l in self.twin]
         self.travelled = torch.zeros((), dtype=torch.float64, device=dev)
@@ -40,6 +43,8 @@ class WeightComparer:
 
     def mapped(self, layer) -> torch.Tensor:
         w = layer.weight.detach()
+        if self.to_twin is not None:
+            return self.to_twin(layer)
         return layer.estimator.mirror(w, layer.m) if self.use_mirror else w
 
     @torch.no_grad()
