@@ -55,17 +55,21 @@ def group(cfg_group) -> tuple[str, dict]:
     return values.pop("name"), values
 
 
+def build_estimators(cfg: DictConfig):
+    """The run's estimator and the twin's own (None unless ``estimator@twin_estimator=...`` was chosen)."""
+    def one(cfg_group):
+        name, options = group(cfg_group)
+        return estimators.create(name, **options)
+
+    twin_cfg = OmegaConf.select(cfg, "twin_estimator")
+    return one(cfg.estimator), (one(twin_cfg) if twin_cfg is not None else None)
+
+
 def build_pair(cfg: DictConfig, num_classes: int, device, steps: int, measure: bool = True) -> Pair:
     """The edge: read the config once, build the pair from plain values."""
-    est_name, est_options = group(cfg.estimator)
-    est = estimators.create(est_name, **est_options)
+    est, twin_est = build_estimators(cfg)
     model = build_run(cfg.model.name, num_classes, est, cfg.seed, cfg.model.he_init, **cfg.model.kwargs)
     opt_name, opt_options = group(cfg.optimizer)
-    twin_cfg = OmegaConf.select(cfg, "twin_estimator")  # absent unless estimator@twin_estimator=... is chosen
-    twin_est = None
-    if twin_cfg is not None:
-        twin_name, twin_options = group(twin_cfg)
-        twin_est = estimators.create(twin_name, **twin_options)
     spec = resolve_twin(cfg.pair.twin, est, optim.warps(opt_name), cfg.pair.twin_lr_scale, twin_est)
     return Pair(model.to(device), est, spec, optimizer=opt_name, lr=opt_options.pop("lr"),
                 optimizer_options=opt_options, steps=steps, warmup_frac=cfg.trainer.warmup_frac,
