@@ -121,7 +121,7 @@ def test_checkpoint_from_another_model(tmp_path):
 
 
 BAD = [
-    (["estimator.name=dsq"], "valid estimators: custom, ewgs, pwl, ste, tanh"),
+    (["estimator.name=dsq"], "valid estimators: approxsign, custom, dsq_anneal, ewgs, pwl, qnet, ste, tanh"),
     (["optimizer.name=lion"], "valid optimizers: adam, adamw, sgd"),
     (["model.name=vgg"], "valid models"),
     (["dataset.name=cifar"], "valid datasets"),
