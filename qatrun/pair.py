@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from qatrun import dist, estimators
-from qatrun.estimators import Estimator
+from qatrun.estimators import Estimator, NotInClassError, PeriodicEstimator, describe, warp
 from qatrun.layers import quant_layers, quantize_model, set_estimator
 from qatrun.metrics import ChangePointTracker, FunctionAgreement, WeightComparer
 from qatrun.metrics.common import to_host
@@ -28,51 +28,112 @@ from qatrun.optim import build_optimizer, build_scheduler
 
 @dataclass(frozen=True)
 class TwinSpec:
-    """How the twin differs from the estimator run."""
+    """How the twin differs from the estimator run.
+
+    ``source`` / ``target``: the in-class estimators whose maps carry the run into the twin's
+    coordinates, ``w_twin = M_target^{-1}(M_source(w))`` (``estimators.warp``; target None: the STE).
+    ``source`` is None when the twin is not warped.
+    """
 
     mode: str
     estimator: Estimator | None  # None: no twin (pair.twin=none)
-    init: str  # "mirror" (w0 -> M(w0)) or "identity"
-    lr_factor: float  # multiplies the lr of the twin's quantized weights
+    init: str  # "mirror" (w0 -> M_B^{-1}(M_A(w0))) or "identity"
+    lr_factor: float  # multiplies the lr of the twin's quantized weights (alpha_A / alpha_B)
     lr_scale: float  # multiplies the twin's whole lr (jitter: 1.01)
+    source: PeriodicEstimator | None = None
+    target: PeriodicEstimator | None = None
+
+    def to_twin(self, w: torch.Tensor, m) -> torch.Tensor:
+        """An estimator-run weight in the twin's coordinates (the identity when not warped)."""
+        return warp(w, m, self.source, self.target) if self.init == "mirror" else w.detach()
+
+    def figures(self) -> dict:
+        """What the summary records about the twin, beside ``twin``, ``twin_init`` and the lr factors."""
+        est = self.estimator
+        return {"twin_estimator": describe(est) if est is not None else None,
+                "twin_map": describe(self.source) if self.source is not None else None,
+                "alpha_twin": est.alpha if est is not None and est.in_class else None,
+                "twin_clip": list(est.clip) if isinstance(est, PeriodicEstimator) else None}
 
 
-# pair.twin values: (twin estimator, init map, use alpha). "auto" asks the optimizer.
+# pair.twin values: (twin estimator, init map, use alpha). "auto" asks the optimizer. "twin" is the
+# configured twin estimator (twin_estimator; the STE when none is given).
 TWIN_MODES = {
-    "full": ("ste", "mirror", True),  # warped init and lr factor, whatever the optimizer
-    "ste": ("ste", "identity", False),  # the no-warp control
-    "warp_init": ("ste", "mirror", False),  # ablation: warped init only
-    "warp_lr": ("ste", "identity", True),  # ablation: lr factor only
+    "full": ("twin", "mirror", True),  # warped init and lr factor, whatever the optimizer
+    "ste": ("ste", "identity", False),  # the no-warp control with a plain STE twin
+    "nowarp": ("twin", "identity", False),  # the no-warp control with the configured twin estimator
+    "warp_init": ("twin", "mirror", False),  # ablation: warped init only
+    "warp_lr": ("twin", "identity", True),  # ablation: lr factor only
     "self": ("same", "identity", False),  # the estimator against itself (jitter floor)
 }
 TWIN_CHOICES = ("auto", "none", *TWIN_MODES)
 
 
-def resolve_twin(mode: str, estimator: Estimator, optimizer_warps: bool, lr_scale: float = 1.0) -> TwinSpec:
-    """Turn ``pair.twin`` into a TwinSpec. ``optimizer_warps``: does ``auto`` warp (SGD family) or not (Adam)."""
+def resolve_twin(mode: str, estimator: Estimator, optimizer_warps: bool, lr_scale: float = 1.0,
+                 twin_estimator: Estimator | None = None) -> TwinSpec:
+    """Turn ``pair.twin`` into a TwinSpec. ``optimizer_warps``: does ``auto`` warp (SGD family) or not (Adam).
+
+    ``twin_estimator`` (B; default the STE) is the twin's own estimator: an A-B pair. Warped, the twin
+    starts at ``M_B^{-1}(M_A(w0))`` and trains at ``alpha_A / alpha_B`` times the lr (arXiv 2405.05171:
+    both are STEs in disguise); an estimator outside the class warps through its ``reference()``.
+    """
     if mode not in TWIN_CHOICES:
         raise ValueError(f"unknown pair.twin {mode!r}; valid: {', '.join(TWIN_CHOICES)}")
     if not lr_scale > 0:
         raise ValueError(f"pair.twin_lr_scale must be positive, got {lr_scale}")
+    if twin_estimator is not None:
+        if twin_estimator.grid != estimator.grid:
+            raise ValueError(
+                f"the twin's estimator has {twin_estimator.bits} bits on the {twin_estimator.grid.kind} grid but the "
+                f"run's has {estimator.bits} bits on the {estimator.grid.kind} grid: they must match "
+                f"(set twin_estimator.bits={estimator.bits} twin_estimator.grid={estimator.grid.kind})")
+        if mode in ("none", "self", "ste"):
+            raise ValueError(f"pair.twin={mode} does not use a twin estimator, but twin_estimator="
+                             f"{describe(twin_estimator)} was given; with one use pair.twin=auto, full, nowarp, "
+                             "warp_init or warp_lr (or drop twin_estimator)")
     if mode == "none":
         return TwinSpec(mode, None, "identity", 1.0, 1.0)
-    if mode == "auto":
-        mode_used = "full" if optimizer_warps else "ste"
-    else:
-        mode_used = mode
-    est_name, init, use_alpha = TWIN_MODES[mode_used]
-    if (init == "mirror" or use_alpha) and not estimator.in_class:
-        raise ValueError(
-            f"pair.twin={mode} needs the estimator's mirror map / alpha, but {estimator.name!r} is outside the "
-            f"paper's class ({estimator.why_not_in_class}); use pair.twin=ste (plain STE twin) or pair.twin=self"
-        )
-    twin_est = estimator if est_name == "same" else estimators.create(est_name, bits=estimator.bits, grid=estimator.grid)
-    factor = estimator.alpha if use_alpha else 1.0
-    return TwinSpec(mode, twin_est, init, factor, float(lr_scale))
+    mode_used = ("full" if optimizer_warps else "nowarp") if mode == "auto" else mode
+    which, init, use_alpha = TWIN_MODES[mode_used]
+    if which == "same":
+        return TwinSpec(mode, estimator, init, 1.0, float(lr_scale))
+    twin = twin_estimator if which == "twin" and twin_estimator is not None else \
+        estimators.create("ste", bits=estimator.bits, grid=estimator.grid)
+    if init == "identity" and not use_alpha:
+        return TwinSpec(mode, twin, init, 1.0, float(lr_scale))
+    try:
+        source, target = estimator.reference(), twin.reference()
+    except NotInClassError as exc:
+        raise ValueError(f"pair.twin={mode} needs both estimators' mirror map / alpha, but {exc}; use pair.twin=ste "
+                         "(plain STE twin), nowarp or self") from None
+    factor = source.alpha / target.alpha if use_alpha else 1.0
+    if init == "mirror":
+        lo, hi = estimators.edges(source, target)
+        if isinstance(twin, PeriodicEstimator):
+            twin = twin.with_clip(lo, hi)
+        elif abs(lo + 1) > estimators.base.EDGE_TOL or abs(hi - 1) > estimators.base.EDGE_TOL:
+            raise ValueError(f"the warp moves the clipping edges to [{lo:.6g} m, {hi:.6g} m] but twin estimator "
+                             f"{describe(twin)} can only pass gradients on [-m, m]; choose a periodic twin estimator")
+    return TwinSpec(mode, twin, init, factor, float(lr_scale), source if init == "mirror" else None,
+                    target if init == "mirror" and not target.is_identity else None)
+
+
+def alignment_map(estimator: Estimator, spec: TwinSpec):
+    """layer -> its weights in the twin's coordinates, ``M_B^{-1}(M_A(w))`` (``M_A(w)`` for an STE twin),
+    whether or not the twin's init went through it, so that a warped pair and its no-warp control
+    report the same "through M" alignment; None when either estimator has no map."""
+    if spec.init == "mirror":  # exactly the map the init went through
+        return lambda layer: spec.to_twin(layer.weight, layer.m)
+    try:
+        source = estimator.reference()
+        target = spec.estimator.reference()
+    except NotInClassError:
+        return None
+    return lambda layer: warp(layer.weight, layer.m, source, target)
 
 
 def make_twin(model: nn.Module, spec: TwinSpec) -> nn.Module:
-    """A copy of the estimator run's model with the twin's estimator and init (M(w0) when warped)."""
+    """A copy of the estimator run's model with the twin's estimator and init (``M_B^{-1}(M_A(w0))`` when warped)."""
     twin = copy.deepcopy(model)
     est_layers = dict(quant_layers(model))
     set_estimator(twin, spec.estimator)
@@ -80,7 +141,7 @@ def make_twin(model: nn.Module, spec: TwinSpec) -> nn.Module:
         with torch.no_grad():
             for name, layer in quant_layers(twin):
                 src = est_layers[name]
-                layer.weight.copy_(src.estimator.mirror(src.weight, src.m))
+                layer.weight.copy_(spec.to_twin(src.weight, src.m))
     return twin
 
 
@@ -163,13 +224,21 @@ class Pair:
         self.models, self.runs = models, ["est", "twin"][: len(models)]
         self.layers = [quant_layers(m) for m in models]
         paired = len(models) == 2 and measure
-        self.comparer = WeightComparer(self.layers[0], self.layers[1], spec.init == "mirror") if paired else None
+        self.comparer = WeightComparer(self.layers[0], self.layers[1], spec.init == "mirror",
+                                       to_twin=alignment_map(estimator, spec)) if paired else None
         self.tracker = None
         if self.comparer is not None and changepoints:
             self.tracker = ChangePointTracker(levels(self.layers[0]), levels(self.layers[1]))
         self.weights0 = [[l.weight.detach().clone() for _, l in ls] for ls in self.layers]
         self.step_fns = [compile_step(dist.wrap(m, device), o, s, precision, channels_last, compile)
                          for m, o, s in zip(models, self.optims, self.scheds)]
+        # Progress (fraction of the steps done) for estimators whose g changes over training: one 0-dim
+        # device tensor, filled in place each step (no host sync).
+        self.steps, self.progress = steps, torch.zeros((), device=device)
+        self.timed = [e for e in {id(x): x for x in (estimator, spec.estimator) if x is not None}.values()
+                      if e.needs_progress]
+        for e in self.timed:
+            e.bind_progress(self.progress)
         self.loss_sums = torch.zeros(len(models), device=device)
         self.first_bad = torch.full((len(models),), -1, dtype=torch.long, device=device)
         self.since = 0
@@ -178,6 +247,8 @@ class Pair:
         """One lockstep iteration on batch (x, y): both runs, then the on-device metric accumulators.
         ``timer(name)`` (a context manager factory) lets the benchmark time each section."""
         timer = timer or (lambda name: contextlib.nullcontext())
+        if self.timed:
+            self.progress.fill_(step / self.steps)
         for i, fn in enumerate(self.step_fns):
             with timer(f"{self.runs[i]}_step"):
                 loss = fn(x, y).detach()

@@ -14,6 +14,7 @@ Pure torch: no I/O, no config.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -110,3 +111,40 @@ class Grid:
     def levels(self, m) -> torch.Tensor:
         """The ``n`` levels, fp64."""
         return -m + torch.arange(self.n_levels, dtype=torch.float64) * self.delta(m)
+
+    def level_bounds(self, m, dtype: torch.dtype, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lo, hi)``, each ``n`` values of ``dtype``: the smallest and largest value of that dtype whose
+        ``level_index`` is ``j`` (``-inf`` / ``+inf`` at the ends). Exact for the arithmetic this device does
+        (``level_index`` is monotone in ``w``, so each level owns one contiguous run of representable values).
+        Computed once per (grid, m, dtype, device) by bisection over representable values."""
+        return _level_bounds(self, float(m), dtype, str(torch.device(device or "cpu")))
+
+    def same_level(self, out: torch.Tensor, w: torch.Tensor, m) -> torch.Tensor:
+        """``out`` moved (within its dtype) to the nearest value whose level is ``w``'s: ``Q(result) == Q(w)``
+        bit for bit. For a map that fixes every threshold (the mirror map), this only touches values that
+        rounding pushed across a threshold, and it keeps a monotone map monotone."""
+        lo, hi = self.level_bounds(m, out.dtype, out.device)
+        j = self.level_index(w, m)
+        return torch.minimum(torch.maximum(out, lo[j]), hi[j])
+
+
+@functools.lru_cache(maxsize=4096)
+def _level_bounds(grid: Grid, m: float, dtype: torch.dtype, device: str):
+    dev = torch.device(device)
+    th = grid.thresholds(m).to(dev)
+    d = grid.delta(m)
+    below, above = (th - d / 2).to(dtype), (th + d / 2).to(dtype)  # levels i and i + 1: a bracket
+    target = torch.arange(1, grid.n_levels, device=dev)
+    # Bisect for the first value (of this dtype) at level >= i + 1; ``below`` stays at level <= i.
+    for _ in range(4000):
+        step = torch.nextafter(below, above)
+        if bool((step == above).all()):
+            break
+        mid = ((below.double() + above.double()) / 2).to(dtype)
+        mid = torch.where((mid == below) | (mid == above), step, mid)
+        up = grid.level_index(mid, m) >= target
+        below, above = torch.where(up, below, mid), torch.where(up, mid, above)
+    else:  # pragma: no cover - the bracket halves every round
+        raise RuntimeError("level_bounds: bisection did not converge")
+    inf = torch.full((1,), math.inf, dtype=dtype, device=dev)
+    return torch.cat([-inf, above]), torch.cat([below, inf])

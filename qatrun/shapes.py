@@ -20,3 +20,9 @@ def bump(u: torch.Tensor) -> torch.Tensor:
 def zero_at_levels(u: torch.Tensor) -> torch.Tensor:
     """``2 sin^2(pi u)``: zero at every level, so 1/g is not integrable (outside the class)."""
     return 2 * torch.sin(torch.pi * u) ** 2
+
+
+def sine(u: torch.Tensor) -> torch.Tensor:
+    """``1 + sin(2 pi u) / 2``: ``cosine`` moved a quarter bin, so not symmetric about the threshold
+    (M moves the clipping edges to -0.889 m and 1.111 m); the same alpha as cosine, sqrt(3)/2."""
+    return 1 + 0.5 * torch.sin(2 * torch.pi * u)

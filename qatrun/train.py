@@ -56,13 +56,22 @@ def group(cfg_group) -> tuple[str, dict]:
     return values.pop("name"), values
 
 
+def build_estimators(cfg: DictConfig):
+    """The run's estimator and the twin's own (None unless ``estimator@twin_estimator=...`` was chosen)."""
+    def one(cfg_group):
+        name, options = group(cfg_group)
+        return estimators.create(name, **options)
+
+    twin_cfg = OmegaConf.select(cfg, "twin_estimator")
+    return one(cfg.estimator), (one(twin_cfg) if twin_cfg is not None else None)
+
+
 def build_pair(cfg: DictConfig, num_classes: int, device, steps: int, measure: bool = True) -> Pair:
     """The edge: read the config once, build the pair from plain values."""
-    est_name, est_options = group(cfg.estimator)
-    est = estimators.create(est_name, **est_options)
+    est, twin_est = build_estimators(cfg)
     model = build_run(cfg.model.name, num_classes, est, cfg.seed, cfg.model.he_init, **cfg.model.kwargs)
     opt_name, opt_options = group(cfg.optimizer)
-    spec = resolve_twin(cfg.pair.twin, est, optim.warps(opt_name), cfg.pair.twin_lr_scale)
+    spec = resolve_twin(cfg.pair.twin, est, optim.warps(opt_name), cfg.pair.twin_lr_scale, twin_est)
     return Pair(model.to(device), est, spec, optimizer=opt_name, lr=opt_options.pop("lr"),
                 optimizer_options=opt_options, steps=steps, warmup_frac=cfg.trainer.warmup_frac,
                 precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
@@ -180,6 +189,7 @@ def summarize(pair: Pair, steps: int, seed: int, final_eval: dict, history: dict
            "alignment_map": "mirror" if spec.init == "mirror" else "identity",
            "alpha": est.alpha if est.in_class else None,
            "twin_lr_factor": spec.lr_factor, "twin_lr_scale": spec.lr_scale, "twin_init": spec.init}
+    out.update(spec.figures())
     out.update(final_eval)
     out.update(to_host(pair.weight_figures()))
     out.update(to_host(pair.changepoint_figures()))

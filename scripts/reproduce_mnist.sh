@@ -42,7 +42,7 @@ case "$mode" in
     ;;
   *) echo "usage: $0 full|quick [overrides]" >&2; exit 2 ;;
 esac
-all_blocks="sgd adam jitter sgd_nowarp warp_lr ablation outside bits scaledown long lr_sgd lr_sgd_nowarp lr_adam"
+all_blocks="sgd adam jitter sgd_nowarp warp_lr ablation outside bits scaledown long any_pair_tanh25 any_pair_cosine any_pair_pwl any_pair_adam any_pair_literature lr_sgd lr_sgd_nowarp lr_adam"
 BLOCKS=${BLOCKS:-$all_blocks}
 
 runs=$out/runs
@@ -73,6 +73,13 @@ if [ "$mode" = full ]; then
 fi
 # Longer training: warped SGD, no-warp SGD and Adam side by side.
 block long experiment=sgd,sgd_nowarp,adam seed=0 "${long[@]}" experiment_name=long
+# Any two estimators (A against B, both STEs in disguise): each A-B pair warped (full) and unwarped (nowarp)
+# under SGD, one Adam pair; then each literature estimator against its STE twin.
+block any_pair_tanh25   estimator@twin_estimator=tanh twin_estimator.k=2.5 pair.twin=full,nowarp seed=0 experiment_name=any_pair
+block any_pair_cosine   estimator@twin_estimator=custom twin_estimator.shape=qatrun.shapes.cosine pair.twin=full,nowarp seed=0 experiment_name=any_pair
+block any_pair_pwl      estimator@twin_estimator=pwl pair.twin=full,nowarp seed=0 experiment_name=any_pair
+block any_pair_adam     experiment=adam estimator@twin_estimator=tanh twin_estimator.k=2.5 seed=0 experiment_name=any_pair
+block any_pair_literature experiment=qnet,approxsign,dsq_anneal seed=0
 # The learning-rate law: warped SGD, unwarped SGD, Adam over two decades of lr.
 block lr_sgd        experiment=sgd        optimizer.lr=$sgd_lrs  seed=0 experiment_name=lr_law
 block lr_sgd_nowarp experiment=sgd_nowarp optimizer.lr=$sgd_lrs  seed=0 experiment_name=lr_law

@@ -9,7 +9,7 @@ from qatrun import estimators, optim
 from qatrun.models import build_model
 from qatrun.optim import build_optimizer
 from qatrun.pair import resolve_twin
-from qatrun.train import group
+from qatrun.train import build_estimators, group
 from tests.conftest import make_cfg
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the top-level configs/, shipped as qatrun.configs
@@ -20,7 +20,7 @@ def options(group):
 
 
 def test_groups_present():
-    assert options("estimator") == ["custom", "ewgs", "pwl", "ste", "tanh"]
+    assert options("estimator") == ["approxsign", "custom", "dsq_anneal", "ewgs", "pwl", "qnet", "ste", "tanh"]
     assert options("optimizer") == ["adam", "sgd"]
     assert {"mnist", "imagenet", "synthetic"} <= set(options("dataset"))
     assert {"small_cnn", "resnet18", "resnet50"} <= set(options("model"))
@@ -54,8 +54,17 @@ def test_model_options_build(name):
 def test_experiment_presets_compose(name):
     cfg = make_cfg(f"experiment={name}")
     assert cfg.experiment_name == name
-    est = estimators.create(*group(cfg.estimator)[:1], **group(cfg.estimator)[1])
-    resolve_twin(cfg.pair.twin, est, optim.warps(cfg.optimizer.name), cfg.pair.twin_lr_scale)  # a valid pairing
+    est, twin_est = build_estimators(cfg)
+    resolve_twin(cfg.pair.twin, est, optim.warps(cfg.optimizer.name), cfg.pair.twin_lr_scale, twin_est)  # valid
+
+
+@pytest.mark.parametrize("name", options("estimator"))
+def test_estimator_options_compose_as_the_twins(name):
+    """Any estimator option is also a twin estimator option, with its own keys."""
+    cfg = make_cfg(f"estimator@twin_estimator={name}", "twin_estimator.bits=1" if name == "approxsign" else "seed=0")
+    est, twin_est = build_estimators(cfg)
+    assert twin_est.name == name and est.name == "tanh"
+    assert make_cfg().get("twin_estimator") is None  # the default twin is the STE
 
 
 def test_preset_deltas():

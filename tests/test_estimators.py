@@ -178,7 +178,7 @@ def test_ewgs():
 
 
 def test_unknown_estimator_lists_valid_names():
-    with pytest.raises(ValueError, match="valid estimators: custom, ewgs, pwl, ste, tanh"):
+    with pytest.raises(ValueError, match="valid estimators: approxsign, custom, dsq_anneal, ewgs, pwl, qnet, ste, tanh"):
         E.create("dsq", bits=2)
 
 

@@ -121,13 +121,13 @@ def test_checkpoint_from_another_model(tmp_path):
 
 
 BAD = [
-    (["estimator.name=dsq"], "valid estimators: custom, ewgs, pwl, ste, tanh"),
+    (["estimator.name=dsq"], "valid estimators: approxsign, custom, dsq_anneal, ewgs, pwl, qnet, ste, tanh"),
     (["optimizer.name=lion"], "valid optimizers: adam, adamw, sgd"),
     (["model.name=vgg"], "valid models"),
     (["dataset.name=cifar"], "valid datasets"),
     (["estimator.bits=9"], "bits must be an integer from 1 to 8"),
     (["estimator.bits=0"], "bits must be an integer from 1 to 8"),
-    (["estimator.k=-1"], "k must be positive"),
+    (["estimator.k=-1"], "sharpness k must be positive"),
     (["optimizer.lr=-0.1"], "optimizer.lr must be positive"),
     (["dataset.batch_size=0"], "dataset.batch_size must be a positive integer"),
     (["trainer.max_steps=0"], "trainer.max_steps must be positive"),

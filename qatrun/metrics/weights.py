@@ -13,16 +13,21 @@ import torch
 class WeightComparer:
     """Quantized agreement and alignment between two runs' quantized weights, all on the device.
 
-    ``init_map`` is the map the twin's init went through (``M`` or identity); the alignment error
-    is ``sum |map(w_est) - w_twin| / m`` over the twin's distance travelled,
-    ``sum_t sum |w_twin(t+1) - w_twin(t)| / m``, which ``accumulate`` adds every step.
+    The alignment error is ``sum |map(w_est) - w_twin| / m`` over the twin's distance travelled,
+    ``sum_t sum |w_twin(t+1) - w_twin(t)| / m``, which ``accumulate`` adds every step. ``to_twin``
+    (layer -> its weights in the twin's coordinates: ``M(w)`` for an STE twin, ``M_B^{-1}(M_A(w))``
+    for an A-B pair; None when no map exists) is the "mirror" map; ``use_mirror`` says whether the
+    twin's init went through it (then it is the headline map, else the identity is).
     """
 
-    def __init__(self, est_layers, twin_layers, use_mirror: bool):
+    def __init__(self, est_layers, twin_layers, use_mirror: bool, to_twin=None):
         self.names = [n for n, _ in est_layers]
         self.est = [l for _, l in est_layers]
         self.twin = [l for _, l in twin_layers]
         self.use_mirror = use_mirror
+        self.to_twin = to_twin
+        if use_mirror and to_twin is None:
+            raise ValueError("a warped twin needs its map (to_twin)")
         dev = self.twin[0].weight.device
         self.inv_m = [1.0 / l.m for l in self.twin]
         self.travelled = torch.zeros((), dtype=torch.float64, device=dev)
@@ -42,10 +47,8 @@ class WeightComparer:
         """``map(w)`` of an estimator-run layer: the init map the twin went through."""
         return self._map(layer, self.use_mirror)
 
-    @staticmethod
-    def _map(layer, mirror: bool) -> torch.Tensor:
-        w = layer.weight.detach()
-        return layer.estimator.mirror(w, layer.m) if mirror else w
+    def _map(self, layer, mirror: bool) -> torch.Tensor:
+        return self.to_twin(layer) if mirror else layer.weight.detach()
 
     @torch.no_grad()
     def compute(self) -> dict[str, torch.Tensor]:
@@ -56,7 +59,7 @@ class WeightComparer:
         ``pair/alignment_error_mirror`` (through ``M``) and ``pair/alignment_error_identity``, so a
         warped pair and its no-warp control can be compared on the same quantity.
         """
-        maps = {"identity": False, "mirror": True} if self.est[0].estimator.in_class else {"identity": False}
+        maps = {"identity": False, "mirror": True} if self.to_twin is not None else {"identity": False}
         out, agree, total = {}, 0, 0
         dist = {k: 0 for k in maps}
         for name, le, lt, inv_m in zip(self.names, self.est, self.twin, self.inv_m):

@@ -43,7 +43,7 @@ def fig_curves(run: Run, title: str):
               ("eval_step", "test_acc", "test accuracy (fraction)")]
     if not any(len(series(h, f"twin/{k}")) for _, k, _ in panels):
         return None
-    twin_kind = "same estimator" if run.summary.get("twin") == "self" else "STE"
+    twin_kind = "same estimator" if run.summary.get("twin") == "self" else run.summary.get("twin_estimator") or "STE"
     fig, axes = plt.subplots(2, 3, figsize=(11, 4.8), sharex="col", gridspec_kw={"height_ratios": [3, 1.3]}, layout="constrained")
     for j, (xk, k, ylabel) in enumerate(panels):
         x, a, b = series(h, xk), series(h, f"est/{k}"), series(h, f"twin/{k}")

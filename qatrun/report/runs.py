@@ -11,7 +11,7 @@ import numpy as np
 
 from qatrun.config import flatten, is_operational
 
-BARE = ("experiment_name", "optimizer.name", "pair.twin", "estimator.name")  # shown as bare values in labels
+BARE = ("experiment_name", "optimizer.name", "pair.twin", "estimator.name", "twin_estimator.name")  # bare values in labels
 ALWAYS = ("optimizer.name", "pair.twin")  # always in automatic labels (unless named experiments differ)
 
 

@@ -1,22 +1,8 @@
-"""Weight gradient estimators: g(w), the twin's learning-rate factor alpha, the mirror map M.
+"""The periodic estimators: STE, the adjusted STE (pwl), tanh (DSQ) and any user shape (custom).
 
-The forward pass is always the hard quantizer Q (``quant.Grid.quantize``); an estimator only
-replaces dQ/dw by a multiplier g(w). The paper (arXiv 2405.05171; docs/method.md): for g periodic with the
-grid and bounded away from zero, with ``Delta`` the level spacing and ``c`` any rounding threshold,
-
-    alpha = Delta / integral_bin du / g(u)            (harmonic mean of g over one bin)
-    M(w)  = c + alpha * integral_c^w du / g(u)        (monotone, fixes every threshold)
-
-and SGD with g, lr eta, init w0 matches STE with lr alpha * eta, init M(w0), to first order in eta.
-
-Periodic estimators are written in bin coordinates: ``f = (w + m)/Delta - i`` in [0, 1] is the
-position inside bin ``i`` and ``g(w) = shape(f)`` inside ``[-m, m]``, 0 outside. With
-``F(f) = integral_{1/2}^f df' / shape(f')`` and ``J = F(1) - F(0)``:
-
-    alpha = 1 / J,    M(w) = -m + Delta * (i + 1/2 + alpha * F(f))      (thresholds at f = 1/2)
-
-Outside ``[-m, m]`` g = 0, so those weights never move; M is extended there by a shift, which
-keeps it monotone and ``Q(M(w)) = Q(w)``. Pure torch: no I/O, no config.
+Each is written as its bin ``shape`` and the antiderivative ``F`` of ``1 / shape``
+(``base.PeriodicEstimator``; docs/method.md, "The class, the factor alpha and the mirror map M").
+Pure torch: no I/O, no config.
 """
 
 from __future__ import annotations
@@ -28,132 +14,11 @@ from typing import Callable
 import torch
 
 from qatrun import checks
+from qatrun.estimators.base import PeriodicEstimator, register
 from qatrun.quant import Grid
-from qatrun.registry import Registry
-
-ESTIMATORS: Registry = Registry("estimator")
 
 # The sharpness the authors used for the tanh (DSQ) estimator, per bit width.
 TANH_DEFAULT_K = {1: 2.0, 2: 5.5, 4: 18.0}
-
-
-def register(name: str):
-    """Class decorator: register an estimator under ``name`` (also its ``.name``)."""
-    def deco(cls):
-        cls.name = name
-        return ESTIMATORS.register(name)(cls)
-
-    return deco
-
-
-def names() -> list[str]:
-    return ESTIMATORS.names()
-
-
-def create(name: str, bits: int = 2, grid: str | Grid = "he_uniform", **params) -> "Estimator":
-    """Build an estimator by registry name: ``create("tanh", bits=2, k=5.5)``."""
-    ESTIMATORS.get(name)  # an unknown name fails here, listing the valid ones
-    g = grid if isinstance(grid, Grid) else Grid(grid, bits)
-    if g.bits != bits:
-        raise ValueError(f"grid has {g.bits} bits but the estimator was asked for {bits}")
-    return ESTIMATORS.build(name, g, **params)
-
-
-class NotInClassError(ValueError):
-    """alpha or M asked of an estimator the paper's theorem does not cover."""
-
-
-class Estimator:
-    """Base: an estimator on a fixed grid. Subclasses define ``grad``; periodic ones also alpha, M."""
-
-    name = "base"
-    in_class = True
-    why_not_in_class = ""
-    needs_upstream = False  # True when g depends on the incoming gradient
-
-    def __init__(self, grid: Grid):
-        self.grid = grid
-
-    @property
-    def bits(self) -> int:
-        return self.grid.bits
-
-    def params(self) -> dict:
-        return {}
-
-    def grad(self, w: torch.Tensor, m, upstream: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _refuse(self, what: str):
-        raise NotInClassError(
-            f"estimator {self.name!r} is outside the paper's class ({self.why_not_in_class}), "
-            f"so its {what} does not exist; pair it with a plain STE twin (pair.twin=ste)"
-        )
-
-    @property
-    def alpha(self) -> float:
-        self._refuse("learning-rate factor alpha")
-
-    def mirror(self, w: torch.Tensor, m) -> torch.Tensor:
-        self._refuse("mirror map M")
-
-    def __repr__(self):
-        p = ", ".join(f"{k}={v}" for k, v in self.params().items())
-        return f"{self.name}(bits={self.bits}, grid={self.grid.kind}{', ' + p if p else ''})"
-
-
-class PeriodicEstimator(Estimator):
-    """g(w) = shape(f) inside [-m, m], 0 outside; f the position inside the bin."""
-
-    def shape(self, f: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def antiderivative(self, f: torch.Tensor) -> torch.Tensor:
-        """``F(f) = integral_{1/2}^f 1 / shape``, in fp64."""
-        raise NotImplementedError
-
-    @property
-    def bin_integral(self) -> float:
-        """``J = integral_0^1 df / shape(f)`` (dimensionless; the bin integral of 1/g is Delta * J)."""
-        one = torch.tensor([0.0, 1.0], dtype=torch.float64)
-        F = self.antiderivative(one)
-        return float(F[1] - F[0])
-
-    def _bin_coords(self, w, m):
-        pos = self.grid.position(w, m)
-        i = torch.floor(pos).clamp_(max=self.grid.n_bins - 1)
-        return i, pos - i
-
-    def grad(self, w, m, upstream=None):
-        _, f = self._bin_coords(w, m)
-        inside = w.abs() <= m
-        return torch.where(inside, self.shape(f), torch.zeros_like(f)).to(w.dtype)
-
-    @property
-    def alpha(self) -> float:
-        if not self.in_class:
-            self._refuse("learning-rate factor alpha")
-        return 1.0 / self.bin_integral
-
-    def mirror(self, w, m):
-        if not self.in_class:
-            self._refuse("mirror map M")
-        w64 = w.detach().to(torch.float64)
-        i, f = self._bin_coords(w64, m)
-        delta = self.grid.delta(m)
-        inner = -m + delta * (i + 0.5 + self.alpha * self.antiderivative(f))
-        return self._same_level((inner + (w64 - w64.clamp(-m, m))).to(w.dtype), w.detach(), m)
-
-    def _same_level(self, out: torch.Tensor, w: torch.Tensor, m) -> torch.Tensor:
-        """Keep ``Q(M(w)) == Q(w)`` exact in the weight's dtype: casting M(w) down can push a weight
-        lying within an ulp of a threshold across it; step such values back toward ``w`` ulp by ulp."""
-        target = self.grid.level_index(w, m)
-        for _ in range(8):
-            wrong = self.grid.level_index(out, m) != target
-            if not wrong.any():
-                break
-            out = torch.where(wrong, torch.nextafter(out, w), out)
-        return out
 
 
 @register("ste")
@@ -166,9 +31,17 @@ class STE(PeriodicEstimator):
     def antiderivative(self, f):
         return f.to(torch.float64) - 0.5
 
+    is_identity = True
+
     @property
     def alpha(self) -> float:
         return 1.0
+
+    def mirror64(self, w64, m):
+        return w64
+
+    def inverse64(self, y64, m, iters: int = 64):
+        return y64
 
     def mirror(self, w, m):
         return w.detach().clone()
@@ -204,6 +77,12 @@ class PWL(STE):
         return self._alpha
 
 
+def dsq_shape(f: torch.Tensor, e, s) -> torch.Tensor:
+    """The tanh (DSQ) bin shape ``e s sech^2(2e (f - 1/2))``, ``s = coth(e)`` (mean 1 over a bin);
+    ``e = k / n_bins`` and ``s`` are floats or 0-dim tensors (an annealed k)."""
+    return e * s / torch.cosh(2 * e * (f - 0.5)) ** 2
+
+
 @register("tanh")
 class TanhDSQ(PeriodicEstimator):
     """DSQ (Gong et al. 2019) as the authors wrote it, closed forms derived in docs/method.md.
@@ -230,7 +109,7 @@ class TanhDSQ(PeriodicEstimator):
         return {"k": self.k}
 
     def shape(self, f):
-        return self.e * self.s / torch.cosh(2 * self.e * (f - 0.5)) ** 2
+        return dsq_shape(f, self.e, self.s)
 
     def antiderivative(self, f):
         y = 2 * self.e * (f.to(torch.float64) - 0.5)
@@ -325,31 +204,3 @@ class Custom(PeriodicEstimator):
         t = x - j
         j = j.long()
         return table[j] * (1 - t) + table[j + 1] * t
-
-
-@register("ewgs")
-class EWGS(Estimator):
-    """Element-wise gradient scaling (Lee et al., CVPR 2021): ``g = 1 + delta sign(grad) (w - Q(w)) / Delta``.
-
-    ``w - Q(w)`` is measured in units of Delta (the paper normalises weights to the grid), so
-    ``delta`` is dimensionless. Depends on the incoming gradient: outside the theorem's class.
-    """
-
-    in_class = False
-    needs_upstream = True
-    why_not_in_class = "its g depends on the incoming gradient"
-
-    def __init__(self, grid: Grid, delta: float = 0.2):
-        super().__init__(grid)
-        checks.in_range("ewgs: delta (g stays positive)", delta, 0, 2)
-        self.delta = float(delta)
-
-    def params(self):
-        return {"delta": self.delta}
-
-    def grad(self, w, m, upstream=None):
-        if upstream is None:
-            raise ValueError("ewgs: g depends on the incoming gradient; pass upstream=")
-        r = (w.float() - self.grid.quantize(w, m).float()) / self.grid.delta(m)
-        g = 1 + self.delta * torch.sign(upstream.float()) * r
-        return torch.where(w.abs() <= m, g, torch.zeros_like(g)).to(w.dtype)

@@ -1,0 +1,20 @@
+"""Weight gradient estimators: g(w), the twin's learning-rate factor alpha, the mirror map M.
+
+``base``: the registry, the base classes and the exact warp ``M_B^{-1}(M_A(w))``; ``periodic``: the
+periodic estimators (ste, pwl, tanh, custom); ``literature``: published estimators with their class
+membership decided (qnet, approxsign, dsq_anneal, ewgs). See arXiv 2405.05171 and docs/method.md.
+
+    from qatrun import estimators
+    A = estimators.create("tanh", bits=2, k=5.5)
+    B = estimators.create("custom", bits=2, shape="qatrun.shapes.cosine")
+    w_twin = estimators.warp(w, m, A, B)      # Q(w_twin) == Q(w), bit for bit
+"""
+
+from qatrun.estimators.base import (ESTIMATORS, Estimator, NotInClassError, PeriodicEstimator, create, describe,
+                                    edges, names, register, warp)
+from qatrun.estimators.literature import EWGS, AnnealedDSQ, ApproxSign, QuantNet
+from qatrun.estimators.periodic import PWL, STE, TANH_DEFAULT_K, Custom, TanhDSQ, dsq_shape
+
+__all__ = ["ESTIMATORS", "Estimator", "NotInClassError", "PeriodicEstimator", "create", "describe", "edges", "names",
+           "register", "warp", "EWGS", "AnnealedDSQ", "ApproxSign", "QuantNet", "PWL", "STE", "TANH_DEFAULT_K",
+           "Custom", "TanhDSQ", "dsq_shape"]
