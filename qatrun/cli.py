@@ -76,7 +76,7 @@ def record_failure(run_dir: Path, hc, message: str, details: str = "") -> None:
     """A failed sweep point: its message and traceback in its job directory; the sweep goes on."""
     from qatrun import sweep
 
-    overrides = " ".join(hc.overrides.task)
+    overrides = hc.job.override_dirname
     (run_dir / sweep.ERROR_FILE).write_text(f"{overrides}\n{message}\n{details}")
     print(f"qatrun: error: job {hc.job.num} [{overrides}] failed: {message}", file=sys.stderr)
     return None
@@ -88,13 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     if not set(flags) - {"-m", "--multirun"}:  # --help, --cfg, --info...: Hydra's own
         from qatrun import preflight
 
-        multirun = bool(flags)
+        multirun, overrides = bool(flags), [a for a in argv if not a.startswith("-")]
         try:
-            if not multirun and any(a.startswith("resume=") for a in argv):
-                run_dir, cfg = preflight.resume(argv)
+            if not multirun and any(a.startswith("resume=") for a in overrides):
+                run_dir, cfg = preflight.resume(overrides)
                 execute(cfg, run_dir)
                 return
-            n = preflight.check_command(argv, multirun)
+            n, exclude = preflight.check_command(overrides, multirun)
         except ValueError as exc:  # UserError, CheckpointError, a check's message, TrainingError below
             fail(str(exc))
         except RuntimeError as exc:
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
             from qatrun import sweep
 
             sweep.start(n)
+            # job directories named by what varies: 3_estimator.bits=4,optimizer=adam
+            argv.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(repr(k) for k in exclude)}]")
     sys.argv = [sys.argv[0], *argv]
     _main()
     if flags:

@@ -161,16 +161,21 @@ def creatable(path, key: str) -> None:
                         f"choose another {key} or fix its permissions") from None
 
 
-def check_command(overrides: list[str], multirun: bool) -> int:
-    """Compose and check the run, or every point of a sweep; returns the number of points."""
+def check_command(overrides: list[str], multirun: bool) -> tuple[int, list[str]]:
+    """Compose and check the run, or every point of a sweep. Returns the number of points and the keys
+    job directory names leave out: the YAML's ``exclude_keys`` plus every key that does not vary."""
     pts = points(overrides) if multirun else [list(overrides)]
-    bad = []
+    parsed = parse(overrides)
+    constant = [o.key_or_group for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    varying = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    bad, exclude = [], []
     for i, pt in enumerate(pts):
         try:
             cfg = compose(pt, hydra_cfg=True)
             if i == 0:
                 key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
                 creatable(OmegaConf.select(cfg, key), key)
+                exclude = list(cfg.hydra.job.config.override_dirname.exclude_keys) + constant
             with open_dict(cfg):
                 del cfg["hydra"]
             check(cfg)
@@ -183,9 +188,10 @@ def check_command(overrides: list[str], multirun: bool) -> int:
                 raise UserError(str(exc)) from None
             bad.append((pt, str(exc)))
     if bad:
-        lines = "\n".join(f"  [{' '.join(p)}] {msg}" for p, msg in bad)
+        name = lambda pt: " ".join(o for o in pt if o.split("=")[0] in varying)  # noqa: E731
+        lines = "\n".join(f"  [{name(p)}] {msg}" for p, msg in bad)
         raise UserError(f"{len(bad)} of {len(pts)} sweep points are invalid; nothing was launched:\n{lines}")
-    return len(pts)
+    return len(pts), exclude
 
 
 def resume(overrides: list[str]):

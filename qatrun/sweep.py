@@ -50,7 +50,7 @@ class SweepCallback(Callback):
             return
         elapsed = time.time() - float(os.environ["QATRUN_SWEEP_T0"])
         print(f"[sweep] {progress(hc.job.num + 1, int(os.environ['QATRUN_SWEEP_N']), elapsed)}: "
-              f"{' '.join(hc.overrides.task)}", file=sys.stderr, flush=True)
+              f"{hc.job.override_dirname or '(no varying key)'}", file=sys.stderr, flush=True)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
