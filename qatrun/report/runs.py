@@ -134,5 +134,5 @@ def stats(values) -> dict:
     v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if not len(v):
         return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,  # one seed: no spread
             "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
