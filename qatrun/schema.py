@@ -21,12 +21,16 @@ class DatasetBase:
     name: str = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
+
+
+@dataclass
+class Subsets:
     train_subset: Optional[int] = MISSING
     test_subset: Optional[int] = MISSING
 
 
 @dataclass
-class Mnist(DatasetBase):
+class Mnist(DatasetBase, Subsets):
     download: bool = MISSING
     root: Optional[str] = MISSING
     mean: float = MISSING
@@ -34,7 +38,7 @@ class Mnist(DatasetBase):
 
 
 @dataclass
-class Imagenet(DatasetBase):
+class Imagenet(DatasetBase, Subsets):
     root: Optional[str] = MISSING
     workers: int = MISSING
     image_size: int = MISSING

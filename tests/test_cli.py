@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,8 +89,16 @@ def test_typed_schema_refuses_in_compose():
 
 @pytest.mark.parametrize("group", ["dataset", "model", "optimizer", "estimator", "experiment"])
 def test_every_option_composes_under_the_schema(group):
+    """Every option composes, and where a group has a schema its keys are exactly the YAML's."""
+    import yaml
+
+    from qatrun.configs import __file__ as configs_init
+
     for option in preflight.options(group):
-        preflight.compose([f"{group}={option}"])
+        cfg = preflight.compose([f"{group}={option}"])
+        if group != "experiment":
+            text = yaml.safe_load((Path(configs_init).parent / group / f"{option}.yaml").read_text())
+            assert set(cfg[group]) == set(text) - {"defaults"}, option
 
 
 def test_help_describes_the_tool(tmp_path):
