@@ -166,6 +166,9 @@ def check_command(overrides: list[str], multirun: bool) -> tuple[int, list[str]]
     job directory names leave out: the YAML's ``exclude_keys`` plus every key that does not vary."""
     pts = points(overrides) if multirun else [list(overrides)]
     parsed = parse(overrides)
+    if multirun and any(o.key_or_group == "resume" for o in parsed):
+        raise UserError("resume continues one run (qatrun resume=DIR); to resume a sweep, run the same sweep "
+                        "again with its hydra.sweep.dir: each job continues from its checkpoint")
     constant = [o.key_or_group for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
     varying = {o.key_or_group for o in parsed if o.is_sweep_override()}
     bad, exclude = [], []

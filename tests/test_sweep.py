@@ -25,6 +25,10 @@ def test_bad_points_are_listed_and_nothing_launches(tmp_path):
     assert "[estimator.bits=2 optimizer.lr=0.01]" not in out.stderr  # the good point is not listed
 
 
+def test_resume_in_a_sweep_is_refused(tmp_path):
+    assert "to resume a sweep, run the same sweep again" in refused(tmp_path, "-m", "seed=0,1", f"resume={tmp_path}")
+
+
 def test_a_failing_point_does_not_stop_the_sweep(tmp_path):
     out = run_in(tmp_path, "-m", *SHORT, "optimizer.lr=1e30,0.01", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert out.returncode == 1, out.stderr[-2000:]
