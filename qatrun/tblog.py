@@ -36,7 +36,8 @@ class TBLogger:
         """Final figures in the HParams dashboard (same event file, so sweeps line up by run dir).
 
         A metric's value is the last point of the scalar with the same tag; figures never logged as a
-        scalar (change points, correlations) are written once at ``step``, nothing is written twice."""
+        scalar (change points, correlations) are written once at ``step``, nothing is written twice: a
+        process that logged no scalar (a re-run of a finished run) leaves the earlier points alone."""
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
         metrics = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
         exp, ssi, sei = hparams_summary(clean, metrics)
@@ -44,7 +45,7 @@ class TBLogger:
         for s in (exp, ssi, sei):
             fw.add_summary(s)
         for k, v in metrics.items():
-            if k not in self.tags:
+            if self.tags and k not in self.tags:
                 self.writer.add_scalar(k, v, step)
 
     def flush(self) -> None:

@@ -127,7 +127,7 @@ BAD = [
     (["dataset.name=cifar"], "valid datasets"),
     (["estimator.bits=9"], "bits must be an integer from 1 to 8"),
     (["estimator.bits=0"], "bits must be an integer from 1 to 8"),
-    (["estimator.k=-1"], "k must be a positive"),
+    (["estimator.k=-1"], "sharpness k must be positive"),
     (["optimizer.lr=-0.1"], "optimizer.lr must be positive"),
     (["dataset.batch_size=0"], "dataset.batch_size must be a positive integer"),
     (["trainer.max_steps=0"], "trainer.max_steps must be positive"),
@@ -137,7 +137,7 @@ BAD = [
     (["pair.twin=mirror"], "valid: auto, none"),
     (["estimator=custom", "estimator.shape=no_such_pkg.fn"], "cannot import module"),
     (["estimator=custom", "estimator.shape=tests.test_reliability.bad_shape"], "tensor shaped like its input"),
-    (["device=tpu"], "device must be auto, cpu or cuda"),
+    (["device=tpu"], "unknown device 'tpu'; valid: auto, cpu, cuda"),
 ]
 
 

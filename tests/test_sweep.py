@@ -39,6 +39,9 @@ def test_a_failing_point_does_not_stop_the_sweep(tmp_path):
     assert "1 sweep point(s) failed" in out.stderr and "0_optimizer.lr=1e+30: the est run's loss became NaN" in out.stderr
     table = (tmp_path / "sweep" / "report" / "table.md").read_text()
     assert table.count("\n| sgd") == 1 and table.splitlines()[-1] in out.stdout  # printed and written
+    from qatrun.report.runs import find_runs
+
+    assert [r.path for r in find_runs([tmp_path / "sweep"], [])] == [good]  # the report's summary is no run
 
 
 def test_joblib_launcher_runs_points_in_parallel(tmp_path):

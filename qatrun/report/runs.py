@@ -48,7 +48,9 @@ def load_run(path: Path) -> Run:
 
 
 def find_runs(paths, notes: list) -> list[Run]:
-    runs, dirs = [], sorted({p.parent for root in map(Path, paths) for p in root.rglob("summary.json")})
+    # a report's own summary.json (next to its table.md, e.g. a sweep's report/) is not a run
+    runs, dirs = [], sorted({p.parent for root in map(Path, paths) for p in root.rglob("summary.json")
+                             if not (p.parent / "table.md").exists()})
     for d in dirs:
         try:
             runs.append(load_run(d))
