@@ -3,6 +3,8 @@ progress and the report table through the Hydra callback, directory names that s
 
 import json
 
+import pytest
+
 from qatrun.sweep import progress
 from tests.conftest import TINY
 from tests.test_cli import refused, run_in
@@ -29,6 +31,7 @@ def test_resume_in_a_sweep_is_refused(tmp_path):
     assert "to resume a sweep, run the same sweep again" in refused(tmp_path, "-m", "seed=0,1", f"resume={tmp_path}")
 
 
+@pytest.mark.slow
 def test_a_failing_point_does_not_stop_the_sweep(tmp_path):
     out = run_in(tmp_path, "-m", *SHORT, "optimizer.lr=1e30,0.01", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert out.returncode == 1, out.stderr[-2000:]
@@ -44,6 +47,7 @@ def test_a_failing_point_does_not_stop_the_sweep(tmp_path):
     assert [r.path for r in find_runs([tmp_path / "sweep"], [])] == [good]  # the report's summary is no run
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_points_in_parallel(tmp_path):
     out = run_in(tmp_path, "-m", *SHORT, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                  f"hydra.sweep.dir={tmp_path / 'sweep'}")
