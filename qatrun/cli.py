@@ -1,36 +1,114 @@
-"""``qatrun``: compose the Hydra config, call ``train``, print the final figures. Nothing else."""
+"""``qatrun``: check the command, compose the Hydra config, call ``train``, print the final figures.
+
+Before Hydra starts, ``qatrun.preflight`` checks the overrides, every sweep point and the run
+directory, so a mistake ends with one line ``qatrun: error: ...`` and exit code 2, before any work
+and without creating a directory. ``resume=DIR`` continues a run from its saved config without Hydra.
+"""
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 
-@hydra.main(version_base="1.3", config_path="pkg://qatrun.configs", config_name="config")
-def _main(cfg: DictConfig) -> float | None:
-    from qatrun import dist
-    from qatrun.train import TrainingError, summary_lines, train  # imported late: --help stays fast
 
-    run_dir = cfg.resume or HydraConfig.get().runtime.output_dir
+def fail(message: str) -> None:
+    print(f"qatrun: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def execute(cfg: DictConfig, run_dir) -> dict:
+    """Train, print the figures; a user error raises ``ValueError`` (a NaN: ``TrainingError``)."""
+    from qatrun import dist
+    from qatrun.train import summary_lines, train  # imported late: --help stays fast
+
     try:
         summary = train(cfg, run_dir)
-    except (ValueError, TrainingError) as exc:  # user errors: one line, no traceback
-        print(f"qatrun: error: {exc}", file=sys.stderr)
-        sys.exit(2)
     finally:
         dist.teardown()
-    if not dist.is_main():
-        return None
-    print(f"\nrun directory: {run_dir}")
-    print("\n".join(summary_lines(summary)))
+    if dist.is_main():
+        print(f"\nrun directory: {run_dir}")
+        print("\n".join(summary_lines(summary)))
+    return summary
+
+
+def remove_if_empty(run_dir: Path) -> None:
+    """A run that failed before its first step leaves nothing: drop a directory holding only Hydra's files."""
+    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://qatrun.configs", config_name="config")
+def _main(cfg: DictConfig) -> float | None:
+    from qatrun.train import TrainingError
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = str(hc.mode) == "RunMode.MULTIRUN"
+    try:
+        summary = execute(cfg, run_dir)
+    except (ValueError, TrainingError) as exc:  # user errors: one line, no traceback
+        if not multirun:
+            remove_if_empty(run_dir)
+            fail(str(exc))
+        return record_failure(run_dir, hc, str(exc))
+    except Exception as exc:  # in a sweep a crash of one point must not stop the others
+        if not multirun:
+            raise
+        import traceback
+
+        return record_failure(run_dir, hc, f"{type(exc).__name__}: {exc}", traceback.format_exc())
     return summary.get("pair/quantized_agreement")
 
 
-def main() -> None:
+def record_failure(run_dir: Path, hc, message: str, details: str = "") -> None:
+    """A failed sweep point: its message and traceback in its job directory; the sweep goes on."""
+    from qatrun import sweep
+
+    overrides = hc.job.override_dirname
+    (run_dir / sweep.ERROR_FILE).write_text(f"{overrides}\n{message}\n{details}")
+    print(f"qatrun: error: job {hc.job.num} [{overrides}] failed: {message}", file=sys.stderr)
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    flags = [a for a in argv if a.startswith("-")]
+    if not set(flags) - {"-m", "--multirun"}:  # --help, --cfg, --info...: Hydra's own
+        from qatrun import preflight
+
+        multirun, overrides = bool(flags), [a for a in argv if not a.startswith("-")]
+        try:
+            if not multirun and any(a.startswith("resume=") for a in overrides):
+                run_dir, cfg = preflight.resume(overrides)
+                execute(cfg, run_dir)
+                return
+            n, exclude = preflight.check_command(overrides, multirun)
+        except ValueError as exc:  # UserError, CheckpointError, a check's message, TrainingError below
+            fail(str(exc))
+        except RuntimeError as exc:
+            from qatrun.train import TrainingError
+
+            if not isinstance(exc, TrainingError):
+                raise
+            fail(str(exc))
+        if multirun:
+            from qatrun import sweep
+
+            sweep.start(n)
+            # job directories named by what varies: 3_estimator.bits=4,optimizer=adam
+            argv.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(repr(k) for k in exclude)}]")
+    sys.argv = [sys.argv[0], *argv]
     _main()
+    if flags:
+        from qatrun import sweep
+
+        sweep.finish()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,23 @@ CURVES = {
 }
 
 
+# TensorBoard's Custom Scalars tab: the estimator run and its twin on one chart per figure (the tags stay
+# as documented: est/... and twin/...), and every agreement figure (with any baseline whose tag
+# contains "agreement") on one chart. Entries are regular expressions over tags.
+LAYOUT = {
+    "est vs twin": {
+        "train loss": ["Multiline", [r"^(est|twin)/loss$"]],
+        "test loss": ["Multiline", [r"^(est|twin)/test_loss$"]],
+        "test accuracy": ["Multiline", [r"^(est|twin)/test_acc$"]],
+        "learning rate (quantized weights)": ["Multiline", [r"^(est|twin)/lr$"]],
+    },
+    "agreement": {
+        "agreement (fraction)": ["Multiline", [r"^pair/.*agreement.*$"]],
+        "alignment error": ["Multiline", [r"^pair/alignment_error.*$"]],
+    },
+}
+
+
 class Recorder:
     """``record(kind, step, figures)`` writes the figures to ``tb`` (a ``TBLogger`` or None) and keeps
     the ``CURVES`` of that kind in ``history``."""

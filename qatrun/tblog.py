@@ -1,5 +1,5 @@
 """The one place that talks to TensorBoard: scalars with ``group/name`` tags, histograms,
-the resolved config as text, and the final figures through the HParams plugin."""
+the resolved config as text, the Custom Scalars layout, and the final figures through the HParams plugin."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ class TBLogger:
     def __init__(self, log_dir: str, purge_step: int | None = None):
         # purge_step hides events at or after that step left by a run that died before resuming.
         self.writer = SummaryWriter(log_dir, purge_step=purge_step)
+        self.tags: set[str] = set()  # scalar tags written by this process
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, v in values.items():
             if v is not None and not (isinstance(v, float) and math.isnan(v)):
                 self.writer.add_scalar(tag, v, step)
+                self.tags.add(tag)
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         self.writer.add_histogram(tag, values.detach().float().cpu(), step)
@@ -26,16 +28,25 @@ class TBLogger:
     def text(self, tag: str, text: str) -> None:
         self.writer.add_text(tag, text)
 
-    def hparams(self, params: dict, metrics: dict[str, float]) -> None:
-        """Final figures in the HParams dashboard (same event file, so sweeps line up by run dir)."""
+    def layout(self, layout: dict) -> None:
+        """The Custom Scalars tab: charts that overlay several tags (``record.LAYOUT``)."""
+        self.writer.add_custom_scalars(layout)
+
+    def hparams(self, params: dict, metrics: dict[str, float], step: int) -> None:
+        """Final figures in the HParams dashboard (same event file, so sweeps line up by run dir).
+
+        A metric's value is the last point of the scalar with the same tag; figures never logged as a
+        scalar (change points, correlations) are written once at ``step``, nothing is written twice: a
+        process that logged no scalar (a re-run of a finished run) leaves the earlier points alone."""
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
-        metrics = {f"hparams/{k}": v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
+        metrics = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
         exp, ssi, sei = hparams_summary(clean, metrics)
         fw = self.writer._get_file_writer()
         for s in (exp, ssi, sei):
             fw.add_summary(s)
         for k, v in metrics.items():
-            self.writer.add_scalar(k, v, 0)
+            if self.tags and k not in self.tags:
+                self.writer.add_scalar(k, v, step)
 
     def flush(self) -> None:
         self.writer.flush()

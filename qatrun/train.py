@@ -26,7 +26,7 @@ from qatrun.metrics import pearson
 from qatrun.metrics.function import MIN_CURVE_POINTS
 from qatrun.metrics.common import to_host
 from qatrun.pair import Pair, build_run, resolve_twin
-from qatrun.record import Recorder
+from qatrun.record import LAYOUT, Recorder
 from qatrun.tblog import TBLogger
 
 
@@ -129,6 +129,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
         rec.tb = TBLogger(str(run_dir / "tb"), purge_step=start + 1 if start else None)
     if start == 0 and main:
         rec.tb.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "\n```")
+        rec.tb.layout(LAYOUT)
         first = rec.record("log", 0, log_figures(pair, 0, None), keep=False)
         if pair.comparer is not None and not (first["pair/quantized_agreement"] == 1.0
                                               and first["pair/alignment_distance"] == 0.0):
@@ -164,7 +165,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
 
     final_eval = last_eval if last_eval is not None else pair.evaluate(data.test_batches())
     summary = summarize(pair, steps, cfg.seed, final_eval, rec.history, config)
-    rec.tb.hparams(hparam_view(cfg), {k: v for k, v in summary.items() if "/" in k})
+    rec.tb.hparams(hparam_view(cfg, pair, steps), {k: v for k, v in summary.items() if "/" in k}, steps)
     rec.tb.close()
     sample = pair.weight_sample(tr.scatter_sample, cfg.seed)
     if sample is not None:
@@ -207,10 +208,15 @@ def summarize(pair: Pair, steps: int, seed: int, final_eval: dict, history: dict
     return out
 
 
-def hparam_view(cfg) -> dict:
-    return {"estimator": cfg.estimator.name, "bits": cfg.estimator.bits, "k": str(cfg.estimator.get("k")),
+def hparam_view(cfg, pair: Pair, steps: int) -> dict:
+    """The HParams columns: what ran, with the estimator's resolved parameters (k = 5.5, not null)."""
+    est = pair.est.params()
+    return {"estimator": cfg.estimator.name, "bits": cfg.estimator.bits, "grid": cfg.estimator.grid,
+            "k": est.get("k", float("nan")), "alpha": pair.est.alpha if pair.est.in_class else float("nan"),
             "optimizer": cfg.optimizer.name, "lr": cfg.optimizer.lr, "twin": cfg.pair.twin,
-            "twin_lr_scale": cfg.pair.twin_lr_scale, "seed": cfg.seed, "model": cfg.model.name}
+            "twin_init": pair.spec.init, "twin_lr_factor": pair.spec.lr_factor, "twin_lr_scale": cfg.pair.twin_lr_scale,
+            "dataset": cfg.dataset.name, "model": cfg.model.name, "steps": steps, "seed": cfg.seed}
+
 
 
 # The end-of-run printout: (figure, its untrained-twin baseline or None).

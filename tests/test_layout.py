@@ -11,13 +11,16 @@ PKG = Path(__file__).resolve().parents[1] / "qatrun"
 # Floors, bottom up: a module may import only from strictly lower floors (or, inside a
 # subpackage, from its own siblings when that makes no circle).
 FLOORS = [
-    {"qatrun", "qatrun.checks", "qatrun.files", "qatrun.config", "qatrun.registry", "qatrun.shapes"},
+    {"qatrun", "qatrun.checks", "qatrun.files", "qatrun.config", "qatrun.registry", "qatrun.shapes", "qatrun.schema"},
     {"qatrun.quant", "qatrun.dist", "qatrun.tblog", "qatrun.record"},
     {"qatrun.estimators", "qatrun.metrics", "qatrun.models", "qatrun.data", "qatrun.optim", "qatrun.checkpoint"},
     {"qatrun.layers"},
     {"qatrun.pair"},
     {"qatrun.train"},
-    {"qatrun.cli", "qatrun.bench", "qatrun.report"},
+    {"qatrun.preflight", "qatrun.bench", "qatrun.report"},
+    {"qatrun.sweep"},
+    {"qatrun.cli"},
+    {"qatrun.api"},
     {"qatrun.__main__"},
 ]
 

@@ -14,6 +14,7 @@ COMPOSE_ALL = textwrap.dedent("""
     import importlib.resources, sys
     from hydra import compose, initialize_config_module
     import qatrun
+    import qatrun.api, qatrun.bench, qatrun.cli, qatrun.report, qatrun.train  # every subpackage ships
     cfgs = importlib.resources.files("qatrun.configs")
     groups = {g.name: sorted(p.name[:-5] for p in g.iterdir() if p.name.endswith(".yaml"))
               for g in cfgs.iterdir() if g.is_dir() and g.name in
@@ -27,6 +28,15 @@ COMPOSE_ALL = textwrap.dedent("""
                 n += 1
     print(qatrun.__file__, n, sorted(groups))
 """)
+
+
+def test_every_package_is_listed_for_setuptools():
+    """pyproject lists the packages explicitly (discovery does not follow the configs/ mapping)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "qatrun").rglob("__init__.py")}
+    assert found | {"qatrun.configs"} == listed
 
 
 def test_editable_install_reads_top_level_configs():

@@ -295,11 +295,14 @@ def test_scatters_use_saved_thresholds_and_levels(tmp_path):
     assert any(f"({bad.mean():.2%})" in c.get_label() for c in fig.axes[0].collections)
     plt.close(fig)
     fig = fig_movement(run, w, "test")
-    for ax in fig.axes[:2]:
+    for ax in fig.axes[:2]:  # x: w0/m (vertical thresholds); y: movement, which crosses threshold t at t - w0/m
         v, h = threshold_lines(ax)
         np.testing.assert_allclose(v, th)
-        np.testing.assert_allclose(h, th)
-    assert "rounding thresholds" in fig._suptitle.get_text()
+        assert h == [0]  # the "no movement" line
+        crossings = sorted(ln.get_xdata()[0] + ln.get_ydata()[0] for ln in ax.lines
+                           if np.isclose(np.diff(ln.get_ydata()), -np.diff(ln.get_xdata())).all() and np.diff(ln.get_xdata())[0])
+        np.testing.assert_allclose(crossings, th)
+    assert "rounding thresholds" in fig._supxlabel.get_text()
     plt.close(fig)
     # more than 31 thresholds (over 5 bits): not drawn, agreement still coloured
     w_dense = {**w, "thresholds": np.linspace(-1, 1, 65)[1:-1]}

@@ -8,6 +8,8 @@ Pure torch: no I/O, no config.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import math
 from typing import Callable
 
@@ -121,6 +123,19 @@ class TanhDSQ(PeriodicEstimator):
         return 2 * e**2 / math.tanh(e) / (e + math.sinh(e) * math.cosh(e))
 
 
+def _import(mod_name: str):
+    """Installed packages first, then the current directory (the user's own project, as
+    ``python -m`` would see it; appended to the path, so it never shadows an installed module)."""
+    try:
+        return importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        top, cwd = mod_name.partition(".")[0], os.getcwd()
+        if exc.name != top or cwd in sys.path or not any(os.path.exists(os.path.join(cwd, top + s)) for s in ("", ".py")):
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(mod_name)
+
+
 def _resolve_shape(shape) -> Callable:
     if callable(shape):
         return shape
@@ -128,7 +143,7 @@ def _resolve_shape(shape) -> Callable:
         raise ValueError(f"custom: shape must be a callable or a dotted import path 'pkg.module.fn', got {shape!r}")
     mod_name, _, attr = shape.rpartition(".")
     try:
-        mod = importlib.import_module(mod_name)
+        mod = _import(mod_name)
     except ImportError as exc:
         raise ValueError(f"custom: cannot import module {mod_name!r} for shape {shape!r}: {exc}") from None
     fn = getattr(mod, attr, None)

@@ -24,12 +24,38 @@ from qatrun.files import jsonable, write_json
 from .figures import STYLE, pair_figures, save
 from .lrlaw import fig_lr_law, lr_law
 from .runs import aggregate, find_runs, stats
-from .tables import COLUMNS, write_tables
+from .tables import COLUMNS, write_tables, write_tex
 from .verdict import findings_markdown, verdicts
 
-DESCRIPTION = ("Figures and tables from finished pair runs (metrics: see the README, section Metric "
-               "definitions; the paper: arXiv 2405.05171).")
+DESCRIPTION = """\
+Figures and tables from finished qatrun pair runs.
 
+qatrun trains a quantized network with a custom weight gradient estimator and, in lockstep on the
+same batches, its adjusted straight-through-estimator twin, to test the claim that such estimators
+are STEs in disguise (arXiv 2405.05171). qatrun-report reads the run directories it wrote (any
+directory holding a summary.json, searched recursively: single runs, multirun sweeps, whole
+result trees), groups runs that differ only by seed into comparisons, and writes:
+
+  OUT/table.md, table.csv     one row per comparison: mean ± sample std over seeds (no std for one seed)
+  OUT/table.tex               the same as a booktabs LaTeX table (--formats ... tex)
+  OUT/pairs/<label>/          per run: training curves, agreement over training, weight alignment
+                              and weight movement scatters (w/m: weights in units of the layer's grid range)
+  OUT/lr_law.*                pair error against learning rate with log-log slopes (>= 3 lrs per family)
+  OUT/findings.md             a verdict per estimator and learning rate, in plain words, from the numbers
+  OUT/summary.json            everything above as data, plus notes on what was skipped and why
+
+Metrics: over the weights that changed level (movers) the agreement of final levels and of level
+sequences, beside what an untrained twin would score; quantized agreement over all weights;
+alignment error through the mirror map M and through the identity (distance between the mapped
+estimator weights and the twin's, over the twin's distance travelled); change-point error,
+inference agreement, logit MSE; the README's section "Metric definitions" defines each."""
+
+EPILOG = """\
+examples:
+  qatrun-report multirun/2026-11-28/10-00-00 --out report/
+  qatrun-report results/mnist/runs --out report/ --formats png tex --no-pairs
+  qatrun-report outputs/ --out report/ --label-by optimizer.name pair.twin"""
+FIGURE_FORMATS = ("png", "pdf", "svg")
 
 def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=+-]+", "_", label).strip("_") or "run"
@@ -68,21 +94,26 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="qatrun-report", description=DESCRIPTION)
+    p = argparse.ArgumentParser(prog="qatrun-report", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", help="run directories or multirun directories (searched recursively)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--formats", nargs="+", default=["png", "pdf"])
+    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--formats", "--format", nargs="+", default=["png", "pdf"], choices=[*FIGURE_FORMATS, "tex"],
+                   help="figure formats, and tex for table.tex (default: png pdf; tex alone: png pdf figures too)")
     p.add_argument("--label-by", nargs="+", default=None, metavar="KEY",
                    help="dotted config/summary keys naming each comparison (default: the keys that differ)")
     p.add_argument("--family-by", nargs="+", default=None, metavar="KEY",
                    help="config keys grouping runs for the lr law (default: everything but lr and seed)")
     p.add_argument("--no-pairs", action="store_true", help="skip the per-pair figures (large sweeps)")
     args = p.parse_args(argv)
+    figure_formats = [f for f in args.formats if f in FIGURE_FORMATS] or ["png", "pdf"]
     try:
-        res = report(args.paths, Path(args.out), args.formats, args.label_by, args.family_by, not args.no_pairs)
+        res = report(args.paths, Path(args.out), figure_formats, args.label_by, args.family_by, not args.no_pairs)
     except FileNotFoundError as e:
         print(f"qatrun-report: {e}", file=sys.stderr)
         return 2
+    if "tex" in args.formats:
+        write_tex(res["comparisons"], Path(args.out))
     for n in res["notes"]:
         print(f"note: {n}", file=sys.stderr)
     n_runs = sum(c["n_seeds"] for c in res["comparisons"])

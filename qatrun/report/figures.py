@@ -24,6 +24,47 @@ LEVEL_KEYS = ("thresholds", "level_est", "level_twin")  # saved by newer trainer
 MAX_THRESHOLDS = 31  # more (over 5 bits) would grey out the scatter: not drawn
 
 
+UNITS = "w/m: a weight in units of its layer's grid range m (the quantization levels lie in [−m, m])"
+PCT = (0.5, 99.5)  # axis limits from these percentiles of the data; points outside are counted on the figure
+
+
+def who(run: Run) -> tuple[str, str]:
+    """Plain names of the two runs, e.g. ('tanh estimator (2 bits, α = 0.61)', 'STE twin from M(w0), lr × 0.61')."""
+    s, f = run.summary, run.flat
+    parts = [f"{f['estimator.bits']} bits"] if f.get("estimator.bits") is not None else []
+    if isinstance(f.get("estimator.k"), (int, float)):
+        parts.append(f"k = {f['estimator.k']:g}")
+    if isinstance(s.get("alpha"), (int, float)):
+        parts.append(f"α = {s['alpha']:.3g}")
+    est = f"{s.get('estimator') or f.get('estimator.name')} estimator" + (f" ({', '.join(parts)})" if parts else "")
+    twin = s.get("twin", f.get("pair.twin"))
+    if twin == "none":
+        return est, "no twin"
+    lr = s.get("twin_lr_factor") or 1.0
+    if twin == "self":
+        return est, f"the same estimator as twin, lr × {s.get('twin_lr_scale') or lr:g}"
+    twin_est = s.get("twin_estimator") or "STE"  # an A-B pair names its twin's estimator
+    if twin_est.startswith("ste"):
+        twin_est = "STE"
+    start = ("M(w0)" if twin_est == "STE" else "M_B⁻¹(M_A(w0))") if s.get("twin_init") == "mirror" else "w0"
+    return est, f"{twin_est} twin from {start}, lr × {lr:.3g}"
+
+
+def subtitle(run: Run) -> str:
+    """What else ran, in words: optimizer, learning rate, steps, seed."""
+    f = run.flat
+    opt = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}.get(str(f.get("optimizer.name")), f.get("optimizer.name"))
+    bits = [f"{opt}" + (f" at lr {f['optimizer.lr']:g}" if isinstance(f.get("optimizer.lr"), float) else "")]
+    bits += [f"{run.summary['steps']} steps"] if run.summary.get("steps") else []
+    bits += [f"seed {f['seed']}"] if f.get("seed") is not None else []
+    return ", ".join(bits)
+
+
+def title(run: Run, what: str, extra: str = "") -> str:
+    est, twin = who(run)
+    return f"{what}: {est} vs {twin}\n{subtitle(run)}{extra}"
+
+
 def save(fig, out_dir: Path, name: str, formats) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.{ext}" for ext in formats]
@@ -37,13 +78,13 @@ def series(h: dict, key: str) -> np.ndarray:
     return np.array(h.get(key) or [], dtype=float)
 
 
-def fig_curves(run: Run, title: str):
+def fig_curves(run: Run, label: str = ""):
     h = run.history
     panels = [("log_step", "loss", "train loss (cross-entropy)"), ("eval_step", "test_loss", "test loss (cross-entropy)"),
               ("eval_step", "test_acc", "test accuracy (fraction)")]
     if not any(len(series(h, f"twin/{k}")) for _, k, _ in panels):
         return None
-    twin_kind = "same estimator" if run.summary.get("twin") == "self" else run.summary.get("twin_estimator") or "STE"
+    est_name, twin_name = who(run)
     fig, axes = plt.subplots(2, 3, figsize=(11, 4.8), sharex="col", gridspec_kw={"height_ratios": [3, 1.3]}, layout="constrained")
     for j, (xk, k, ylabel) in enumerate(panels):
         x, a, b = series(h, xk), series(h, f"est/{k}"), series(h, f"twin/{k}")
@@ -51,15 +92,16 @@ def fig_curves(run: Run, title: str):
             axes[0, j].set_title(f"{ylabel}: not logged")
             continue
         mk = "o" if len(x) <= 30 else None
-        axes[0, j].plot(x, a, color=EST_C, marker=mk, ms=3, label="estimator run")
-        axes[0, j].plot(x, b, color=TWIN_C, marker=mk, ms=3, ls="--", label=f"twin ({twin_kind})")
+        axes[0, j].plot(x, a, color=EST_C, marker=mk, ms=3, label=est_name.split(" (")[0] + " run")
+        axes[0, j].plot(x, b, color=TWIN_C, marker=mk, ms=3, ls="--", label=twin_name.split(",")[0])
         axes[0, j].set_ylabel(ylabel)
         axes[1, j].plot(x, b - a, color=DIFF_C, marker=mk, ms=3)
         axes[1, j].axhline(0, color="0.6", lw=0.8)
-        axes[1, j].set_ylabel("twin − est")
+        axes[1, j].set_ylabel("twin − estimator run")
         axes[1, j].set_xlabel("training step")
+        axes[1, j].set_xlim(left=0)  # every panel starts at step 0 (the test curves are measured there)
     axes[0, 0].legend(frameon=False)
-    fig.suptitle(f"Training curves: {title}")
+    fig.suptitle(title(run, "Training curves"))
     return fig
 
 
@@ -74,63 +116,101 @@ def agreement(w: dict):
     return w["level_est"] == w["level_twin"] if "level_est" in w and "level_twin" in w else None
 
 
-def scatter_panel(ax, x, y, thresholds, agree=None):
+def limits(*arrays, pct=PCT, square=False):
+    """Axis limits from percentiles (so a few outliers do not squash the cloud), with a 5% margin."""
+    lims = []
+    for a in arrays:
+        lo, hi = np.percentile(a, pct) if len(a) else (0.0, 1.0)
+        pad = 0.05 * (hi - lo) or 0.05
+        lims.append((float(lo - pad), float(hi + pad)))
+    if square:
+        lo, hi = min(l for l, _ in lims), max(h for _, h in lims)
+        lims = [(lo, hi)] * len(lims)
+    return lims
+
+
+def scatter_panel(ax, x, y, thresholds, agree=None, diagonal=True):
+    """Scatter with robust limits; the number of points outside the axes is written in the panel."""
+    (xl, yl) = limits(x, y, square=diagonal)
     for t in thresholds:
         ax.axvline(t, color="0.8", lw=0.7, zorder=0)
-        ax.axhline(t, color="0.8", lw=0.7, zorder=0)
-    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
-    ax.plot([lo, hi], [lo, hi], color="0.3", lw=0.8, ls=":", label="y = x", zorder=1)
+        if diagonal:
+            ax.axhline(t, color="0.8", lw=0.7, zorder=0)
+        else:  # movement: a weight starting at x crosses threshold t once it moves by t - x
+            ax.plot([xl[0], xl[1]], [t - xl[0], t - xl[1]], color="0.8", lw=0.7, zorder=0)
+    if diagonal:
+        ax.plot(xl, xl, color="0.3", lw=0.8, ls=":", label="y = x (identical weights)", zorder=1)
+    else:
+        ax.axhline(0, color="0.3", lw=0.8, ls=":", label="no movement", zorder=1)
     ok = np.ones_like(x, bool) if agree is None else agree
     ax.scatter(x[ok], y[ok], s=2, alpha=0.15, color=EST_C, lw=0, rasterized=True,
-               label="same quantized value" if agree is not None else None)
+               label="same quantized value in both runs" if agree is not None else None)
     if agree is not None and (~ok).any():
         ax.scatter(x[~ok], y[~ok], s=4, alpha=0.6, color=TWIN_C, lw=0, rasterized=True,
                    label=f"different quantized value ({(~ok).mean():.2%})")
-    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlim(xl)
+    ax.set_ylim(yl)
+    out = int(((x < xl[0]) | (x > xl[1]) | (y < yl[0]) | (y > yl[1])).sum())
+    if out:
+        ax.text(0.98, 0.02, f"{out} of {len(x)} points outside the axes", transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=8, color="0.3")
+    if diagonal:
+        ax.set_aspect("equal", adjustable="box")
     ax.grid(False)
+    return out
 
 
-def fig_alignment(run: Run, w: dict, title: str):
+def fig_alignment(run: Run, w: dict, label: str = ""):
     m, th, agree = w["m"], thresholds(w), agreement(w)
     est, mapped, twin = w["est"] / m, w["est_mapped"] / m, w["twin"] / m
     identity = np.allclose(mapped, est)
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.6), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 5.0), layout="constrained")
     scatter_panel(axes[0], est, twin, th, agree)
-    axes[0].set(title="raw", xlabel="final estimator weight $w_{est}/m$", ylabel="final twin weight $w_{twin}/m$")
+    axes[0].set(title="raw", xlabel="final estimator-run weight $w_{est}/m$", ylabel="final twin weight $w_{twin}/m$")
     scatter_panel(axes[1], mapped, twin, th, agree)
-    axes[1].set(title="through the mirror map" + (" (M = identity: twin not warped)" if identity else ""),
+    axes[1].set(title="estimator run through the mirror map M" + (" (M = identity: twin not warped)" if identity else ""),
                 xlabel="$M(w_{est})/m$", ylabel="final twin weight $w_{twin}/m$")
     for h in axes[0].legend(frameon=False, loc="upper left", markerscale=4).legend_handles:
         h.set_alpha(1)
-    fig.suptitle(f"Weight alignment ({len(est)} sampled quantized weights): {title}")
+    fig.suptitle(title(run, "Weight alignment", f"; {len(est)} sampled quantized weights"))
+    fig.supxlabel(UNITS + ("; grey lines: rounding thresholds" if th else ""), fontsize=8, color="0.3")
     return fig
 
 
-def fig_movement(run: Run, w: dict, title: str):
+def fig_movement(run: Run, w: dict, label: str = ""):
+    """How far each weight moved, ``w_final - w0``, against where it started, ``w0``."""
     m, th = w["m"], thresholds(w)
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.6), layout="constrained")
-    for ax, (name, k) in zip(axes, [("estimator run", "est"), ("twin", "twin")]):
-        scatter_panel(ax, w[f"{k}0"] / m, w[k] / m, th)
-        ax.set(title=name, xlabel=f"initial weight $w_{{{k},0}}/m$", ylabel=f"final weight $w_{{{k}}}/m$")
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.8), layout="constrained", sharey=False)
+    est_name, twin_name = who(run)
+    for ax, (name, k) in zip(axes, [(est_name.split(" (")[0] + " run", "est"), (twin_name.split(",")[0], "twin")]):
+        x = w[f"{k}0"] / m
+        scatter_panel(ax, x, w[k] / m - x, th, diagonal=False)
+        ax.set(title=name, xlabel=f"initial weight $w_{{{k},0}}/m$",
+               ylabel=f"movement $(w_{{{k}}} - w_{{{k},0}})/m$")
     axes[0].legend(frameon=False, loc="upper left")
-    fig.suptitle(f"Weight movement{' (grey lines: rounding thresholds)' if th else ''}: {title}")
+    fig.suptitle(title(run, "Weight movement"))
+    fig.supxlabel(UNITS + ("; grey lines: rounding thresholds (crossing one changes the level)" if th else ""),
+                  fontsize=8, color="0.3")
     return fig
 
 
-def fig_agreement(run: Run, title: str):
+def fig_agreement(run: Run, label: str = ""):
     x = series(run.history, "log_step")
     qa, ae = series(run.history, "pair/quantized_agreement"), series(run.history, "pair/alignment_error")
     if not len(x) or len(qa) != len(x) or len(ae) != len(x):
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4), layout="constrained")
+    if x[0] != 0:  # step 0 by construction (the trainer checks it): agreement 1, alignment error 0
+        x, qa, ae = np.r_[0, x], np.r_[1.0, qa], np.r_[0.0, ae]
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), layout="constrained")
     mk = "o" if len(x) <= 30 else None
     axes[0].plot(x, qa, color=EST_C, marker=mk, ms=3)
     axes[0].set(xlabel="training step", ylabel="quantized weight agreement (fraction)")
     axes[1].plot(x, ae, color=TWIN_C, marker=mk, ms=3)
-    axes[1].set(xlabel="training step", ylabel="alignment error (/ distance travelled)")
+    axes[1].set(xlabel="training step", ylabel="alignment error (÷ distance travelled)")
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(f"Pair agreement over training: {title}")
+        ax.set_xlim(left=0)
+    fig.suptitle(title(run, "Pair agreement over training"))
     return fig
 
 

@@ -48,7 +48,9 @@ def load_run(path: Path) -> Run:
 
 
 def find_runs(paths, notes: list) -> list[Run]:
-    runs, dirs = [], sorted({p.parent for root in map(Path, paths) for p in root.rglob("summary.json")})
+    # a report's own summary.json (next to its table.md, e.g. a sweep's report/) is not a run
+    runs, dirs = [], sorted({p.parent for root in map(Path, paths) for p in root.rglob("summary.json")
+                             if not (p.parent / "table.md").exists()})
     for d in dirs:
         try:
             runs.append(load_run(d))
@@ -134,5 +136,5 @@ def stats(values) -> dict:
     v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if not len(v):
         return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,  # one seed: no spread
             "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}

@@ -1,4 +1,5 @@
-"""The comparison table: ``table.md`` (mean ± sample std over seeds) and ``table.csv``."""
+"""The comparison table: ``table.md`` (mean ± sample std over seeds), ``table.csv`` and, on request,
+``table.tex`` (a booktabs LaTeX table). A comparison with one seed has no std (an empty CSV cell)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,27 @@ def cell(st: dict, kind: str) -> str:
     return f(st["mean"]) + (f" ± {f(st['std'])}" if st["n"] > 1 else "")
 
 
+def tex_escape(s: str) -> str:
+    for a, b in (("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$"), ("—", "---")):
+        s = s.replace(a, b)
+    return s
+
+
+def write_tex(comparisons: list[dict], out: Path) -> Path:
+    """``table.tex``: one row per comparison, a column per metric (``\\usepackage{booktabs}``)."""
+    heads = ["Comparison"] + [h for _, h, _ in COLUMNS] + ["Seeds"]
+    lines = [r"% qatrun-report: mean $\pm$ sample standard deviation over seeds; needs \usepackage{booktabs}",
+             r"\begin{tabular}{l" + "r" * (len(heads) - 1) + "}", r"\toprule",
+             " & ".join(tex_escape(h) for h in heads) + r" \\", r"\midrule"]
+    for c in comparisons:
+        cells = [c["label"]] + [cell(c["metrics"][k], kind) for k, _, kind in COLUMNS] + [str(c["n_seeds"])]
+        lines.append(" & ".join(tex_escape(x) for x in cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    (out / "table.tex").write_text("\n".join(lines) + "\n")
+    return out / "table.tex"
+
+
 def write_tables(comparisons: list[dict], out: Path) -> None:
     heads = ["Comparison"] + [h for _, h, _ in COLUMNS] + ["n seeds"]
     lines = ["Mean ± sample standard deviation over seeds (NaN values left out; — : not available).", "",
@@ -50,4 +72,5 @@ def write_tables(comparisons: list[dict], out: Path) -> None:
         wr = csv.writer(f)
         wr.writerow(["comparison", "n_seeds"] + [f"{k}_{s}" for k, _, _ in COLUMNS for s in ("mean", "std")])
         for c in comparisons:
-            wr.writerow([c["label"], c["n_seeds"]] + [c["metrics"][k][s] for k, _, _ in COLUMNS for s in ("mean", "std")])
+            wr.writerow([c["label"], c["n_seeds"]] + ["" if (v := c["metrics"][k][s]) is None else v
+                                                      for k, _, _ in COLUMNS for s in ("mean", "std")])

@@ -1,0 +1,55 @@
+"""qatrun.run, the Python API (issue 12), and estimator.shape from the user's own directory."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import qatrun
+from qatrun.preflight import UserError
+from tests.conftest import TINY
+
+SHORT = [t for t in TINY if not t.startswith("trainer.max_steps")] + ["trainer.max_steps=4"]
+
+
+def test_run_with_a_list_returns_the_summary(tmp_path):
+    s = qatrun.run(SHORT, run_dir=tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["steps"] == 4 and s["pair/quantized_agreement"] == saved["pair/quantized_agreement"]
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
+
+
+def test_run_with_keyword_arguments(tmp_path):
+    s = qatrun.run(SHORT, run_dir=tmp_path / "run", seed=1, trainer__max_steps=2, optimizer="adam",
+                   **{"dataset.train_subset": 500})
+    assert (s["steps"], s["seed"]) == (2, 1)
+    assert s["config"]["optimizer"]["name"] == "adam" and s["config"]["dataset"]["train_subset"] == 500
+
+
+def test_run_default_directory_and_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^optimizer.lr=abc: optimizer.lr must be a number$"):
+        qatrun.run(optimizer__lr="abc")
+    with pytest.raises(UserError, match="unknown key trainer.max_step;"):
+        qatrun.run(trainer__max_step=3)
+    with pytest.raises(TypeError, match="list of overrides"):
+        qatrun.run("seed=1")
+    assert not (tmp_path / "outputs").exists()  # refused before any work
+    qatrun.run(SHORT, estimator="ste")
+    (run,) = tmp_path.glob("outputs/*/*_ste_sgd")
+    assert (run / "summary.json").exists()
+
+
+def test_shape_from_the_current_directory(tmp_path):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "shapes.py").write_text("import torch\ndef soft(u):\n    return 0.3 + 1.4 * torch.sin(torch.pi * u) ** 2\n")
+    script = Path(sys.executable).parent / "qatrun"  # the console script: no current directory on sys.path
+    out = subprocess.run([str(script), *SHORT, "estimator=custom", "estimator.shape=mypkg.shapes.soft",
+                          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["estimator"] == "custom" and 0 < s["alpha"] < 1
