@@ -69,7 +69,7 @@ BAD = [
     (["+optimizer.lrr=0.1"], "adding keys with '+' is not allowed; valid keys in optimizer: lr, momentum"),
     (["optimizer=adam", "optimizer.momentum=0.9"], "valid keys in optimizer: betas, eps, lr, name, weight_decay"),
     (["estimator=tanh", "estimator.delta=0.1"], "unknown key estimator.delta; valid keys in estimator: bits, grid, k, name"),
-    (["estimator=dsq"], "valid estimator options: custom, ewgs, pwl, ste, tanh"),
+    (["estimator=dsq"], "valid estimator options: approxsign, custom, dsq_anneal, ewgs, pwl, qnet, ste, tanh"),
     (["estimator.bits=9"], "bits must be an integer from 1 to 8"),
     (["hydra.run.dir=/proc/x"], "hydra.run.dir=/proc/x cannot be created"),
 ]
@@ -110,6 +110,6 @@ def test_help_describes_the_tool(tmp_path):
         line = next(l for l in text.splitlines() if l.strip().startswith(group + " "))
         rest = text[text.index(line):text.index("== Keys")]
         assert all(o in rest for o in preflight.options(group)), group  # every option listed
-    for mode in ("auto", "full", "ste", "warp_init", "warp_lr", "self", "none"):
+    for mode in ("auto", "full", "ste", "nowarp", "warp_init", "warp_lr", "self", "none"):
         assert re.search(rf"^ +{mode} +\S", text, re.M), mode
     assert text.count("qatrun ") >= 3 and "estimator.k " in text
