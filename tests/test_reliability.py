@@ -163,7 +163,8 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path, overrides, messa
 
 def test_unknown_config_group_option_lists_choices(tmp_path):
     line = user_error(cli(*TINY, "estimator=dsq", f"hydra.run.dir={tmp_path / 'run'}"))
-    assert "estimator=dsq: no such option; valid estimator options: custom, ewgs, pwl, ste, tanh" in line
+    assert ("estimator=dsq: no such option; valid estimator options: approxsign, custom, dsq_anneal, ewgs, pwl, "
+            "qnet, ste, tanh") in line
     assert not (tmp_path / "run").exists()
 
 

@@ -48,5 +48,7 @@ def test_hparams_resolved_and_no_duplicated_scalars(events):
     metrics = [m.name.tag for m in exp.metric_infos]
     assert "pair/quantized_agreement" in metrics and "pair/sequence_agreement" in metrics
     assert set(metrics) <= set(scalars)  # every HParams metric reads a scalar of the same tag
-    assert [e.step for e in events.Scalars("pair/sequence_agreement")] == [10]  # logged once, at the end
+    # change-point and mover figures are logged with the weight figures, and the summary adds no extra point
+    assert [e.step for e in events.Scalars("pair/sequence_agreement")] == [0, 5, 10]
+    assert [e.step for e in events.Scalars("pair/mover_agreement_untrained")][-1] == 10
     assert len(events.Scalars("pair/quantized_agreement")) == 3  # steps 0, 5, 10: no extra point
