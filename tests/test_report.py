@@ -175,8 +175,8 @@ def test_csv_and_summary(tree):
 
 def test_lr_law_slope(law):
     data, out = law
-    assert list(data) == ["warped SGD (auto)"]  # the Adam family has a single lr: skipped
-    fam = data["warped SGD (auto)"]
+    assert list(data) == ["SGD, STE twin from M(w0) at lr x alpha"]  # the Adam family has a single lr: skipped
+    fam = data["SGD, STE twin from M(w0) at lr x alpha"]
     assert fam["lr"] == LRS and fam["n_seeds"] == [2] * 5
     assert fam["disagreement"]["slope"] == pytest.approx(1.0, abs=1e-6)
     assert 10 ** fam["disagreement"]["intercept"] == pytest.approx(0.1, rel=1e-6)
@@ -192,7 +192,7 @@ def test_lr_law_zero_disagreement_is_clipped(tmp_path):
     for i, (lr, qa) in enumerate([(1e-4, 1.0), (1e-3, 1 - 1e-3), (1e-2, 1 - 1e-2)]):
         write_run(tmp_path / "runs" / str(i), opt="adam", lr=lr, twin="auto", qa=qa, ae=lr, weights=False)
     res = report.report([tmp_path / "runs"], tmp_path / "out", formats=["png"], pair_figs=False)
-    fam = res["lr_law"]["unwarped Adam (auto)"]
+    fam = res["lr_law"]["Adam, STE twin from w0 at the same lr"]
     assert fam["disagreement"]["mean"][0] == 0.0
     assert fam["disagreement"]["slope"] == pytest.approx(1.0, abs=1e-6)  # fitted on the two non-zero points
     assert (tmp_path / "out" / "lr_law.png").stat().st_size > 0
@@ -208,7 +208,7 @@ def test_label_by_and_family_by(tmp_path):
     assert "| lr=0.01 bits=2 |" in table and "| lr=0.04 bits=2 |" in table
     assert (out / "pairs" / "lr=0.02_bits=2_seed=0" / "curves.png").exists()
     assert not list(out.rglob("*.pdf"))
-    assert json.loads((out / "lr_law.json").read_text())["warped SGD (auto)"]["disagreement"]["slope"] == \
+    assert json.loads((out / "lr_law.json").read_text())["SGD, STE twin from M(w0) at lr x alpha"]["disagreement"]["slope"] == \
         pytest.approx(1.0, abs=1e-6)
 
 
@@ -246,7 +246,7 @@ def test_schema_drift_does_not_split_groups(tmp_path):
             s["config"]["experiment_name"] = "default"
             (tmp_path / "runs" / str(i) / "summary.json").write_text(json.dumps(s))
     res = report.report([tmp_path / "runs"], tmp_path / "out", formats=["png"], pair_figs=False)
-    assert list(res["lr_law"]) == ["warped SGD (auto)"]
+    assert list(res["lr_law"]) == ["SGD, STE twin from M(w0) at lr x alpha"]
     assert [c["label"] for c in res["comparisons"]] == ["sgd auto lr=0.01", "sgd auto lr=0.02", "sgd auto lr=0.04"]
 
 

@@ -23,9 +23,12 @@ def describe(run: Run) -> str:
     opt = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}.get(opt, opt)
     twin, init = run.summary.get("twin", run.flat.get("pair.twin")), run.summary.get("twin_init")
     lr_warp = abs(run.value("twin_lr_factor") - 1) > 1e-12
-    warp = "self-paired" if twin == "self" else {(True, True): "warped", (True, False): "init-warped",
-                                                 (False, True): "lr-warped"}.get((init == "mirror", lr_warp), "unwarped")
-    return f"{warp} {opt} ({twin})"
+    if twin == "self":
+        return f"{opt}, the estimator against itself"
+    what = {(True, True): "twin from M(w0) at lr x alpha", (True, False): "twin from M(w0) at the same lr",
+            (False, True): "twin from w0 at lr x alpha"}.get((init == "mirror", lr_warp), "twin from w0 at the same lr")
+    twin_est = str(run.summary.get("twin_estimator") or "STE")
+    return f"{opt}, {'STE' if twin_est.startswith('ste') else twin_est} {what}"
 
 
 def fit_loglog(x, y):
