@@ -394,3 +394,22 @@ def test_no_verdict_without_a_jitter_floor(tmp_path):
     (v,) = family(tmp_path, {"warped": 0.97, "no_warp": 0.70})["verdicts"]
     assert v["verdict"].startswith("no verdict") and v["gap_closed"] is None
     assert "No verdict (no jitter floor" in (tmp_path / "out" / "findings.md").read_text()
+
+
+def test_agreement_figure_shows_movers_beside_the_untrained_twin(tmp_path):
+    from qatrun.report.figures import fig_agreement
+
+    write_run(tmp_path / "r", weights=False)
+    run = load_run(tmp_path / "r")
+    assert len(fig_agreement(run).axes) == 2  # a run logged before movers existed: overall only
+    run.history.update({"pair/mover_agreement": [0.9, 0.95, 0.97], "pair/mover_agreement_untrained": [0.1, 0.2, 0.3],
+                        "pair/quantized_agreement_untrained": [0.99, 0.98, 0.97],
+                        "pair/alignment_error_mirror": [0.01, 0.05, 0.1], "pair/alignment_error_identity": [1, 2, 3]})
+    fig = fig_agreement(run)
+    movers, overall, align = fig.axes
+    (pair, untrained) = movers.get_lines()
+    assert list(pair.get_xdata()) == [0, 10, 20, 30]  # from step 0 (no mover yet: NaN, not drawn)
+    assert np.isnan(pair.get_ydata()[0]) and list(untrained.get_ydata()[1:]) == [0.1, 0.2, 0.3]
+    assert [l.get_label() for l in align.get_lines()] == ["through M", "through the identity"]
+    assert list(overall.get_lines()[1].get_ydata()) == [1.0, 0.99, 0.98, 0.97]
+    plt.close(fig)

@@ -195,21 +195,55 @@ def fig_movement(run: Run, w: dict, label: str = ""):
 
 
 def fig_agreement(run: Run, label: str = ""):
-    x = series(run.history, "log_step")
-    qa, ae = series(run.history, "pair/quantized_agreement"), series(run.history, "pair/alignment_error")
+    """Over training: mover agreement and overall agreement, each beside what an untrained twin would
+    score in the same run, and the alignment error (through M and through the identity where logged)."""
+    h = run.history
+    x = series(h, "log_step")
+    qa, ae = series(h, "pair/quantized_agreement"), series(h, "pair/alignment_error")
     if not len(x) or len(qa) != len(x) or len(ae) != len(x):
         return None
-    if x[0] != 0:  # step 0 by construction (the trainer checks it): agreement 1, alignment error 0
+    full = lambda k: series(h, k) if len(series(h, k)) == len(x) else None  # older runs lack the newer curves
+    curves = {k: full(k) for k in ("pair/mover_agreement", "pair/mover_agreement_untrained",
+                                    "pair/quantized_agreement_untrained", "pair/alignment_error_mirror",
+                                    "pair/alignment_error_identity")}
+    if x[0] != 0:  # step 0 by construction (the trainer checks it): agreement 1, error 0, no mover yet
+        at0 = {"pair/mover_agreement": np.nan, "pair/mover_agreement_untrained": np.nan,
+               "pair/quantized_agreement_untrained": 1.0, "pair/alignment_error_mirror": 0.0,
+               "pair/alignment_error_identity": 0.0}
+        curves = {k: (None if v is None else np.r_[at0[k], v]) for k, v in curves.items()}
         x, qa, ae = np.r_[0, x], np.r_[1.0, qa], np.r_[0.0, ae]
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), layout="constrained")
+    movers = curves["pair/mover_agreement"] is not None
+    fig, axes = plt.subplots(1, 3 if movers else 2, figsize=(13.5 if movers else 9.5, 3.8), layout="constrained")
     mk = "o" if len(x) <= 30 else None
-    axes[0].plot(x, qa, color=EST_C, marker=mk, ms=3)
-    axes[0].set(xlabel="training step", ylabel="quantized weight agreement (fraction)")
-    axes[1].plot(x, ae, color=TWIN_C, marker=mk, ms=3)
-    axes[1].set(xlabel="training step", ylabel="alignment error (÷ distance travelled)")
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(left=0)
+    base = dict(color="0.45", ls="--", marker=mk, ms=2, label="untrained twin (the same run)")
+    if movers:  # NaN until the first weight changes level: those steps are simply not drawn
+        axes[0].plot(x, curves["pair/mover_agreement"], color=EST_C, marker=mk, ms=3, label="the pair")
+        if curves["pair/mover_agreement_untrained"] is not None:
+            axes[0].plot(x, curves["pair/mover_agreement_untrained"], **base)
+        axes[0].set(xlabel="training step", ylabel="agreement over movers (fraction)",
+                    title="weights that changed level", ylim=(-0.02, 1.02))
+        axes[0].legend(frameon=False, loc="center right")
+    ax = axes[1 if movers else 0]
+    ax.plot(x, qa, color=EST_C, marker=mk, ms=3, label="the pair")
+    if curves["pair/quantized_agreement_untrained"] is not None:
+        ax.plot(x, curves["pair/quantized_agreement_untrained"], **base)
+        ax.legend(frameon=False, loc="best")
+    ax.set(xlabel="training step", ylabel="quantized weight agreement (fraction)", title="all quantized weights")
+    ax = axes[-1]
+    mirror, ident = curves["pair/alignment_error_mirror"], curves["pair/alignment_error_identity"]
+    if mirror is not None or ident is not None:
+        if mirror is not None:
+            ax.plot(x, mirror, color=TWIN_C, marker=mk, ms=3, label="through M")
+        if ident is not None:
+            ax.plot(x, ident, color=DIFF_C, marker=mk, ms=3, ls=":", label="through the identity")
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.legend(frameon=False)
+    else:
+        ax.plot(x, ae, color=TWIN_C, marker=mk, ms=3)
+    ax.set(xlabel="training step", ylabel="alignment error (÷ distance travelled)", title="alignment")
+    for a in axes:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.set_xlim(left=0)
     fig.suptitle(title(run, "Pair agreement over training"))
     return fig
 
