@@ -31,23 +31,32 @@ def role(run: Run) -> str | None:
     twin, init, factor, scale = s.get("twin"), s.get("twin_init"), s.get("twin_lr_factor"), s.get("twin_lr_scale", 1.0)
     if twin == "self":
         return "jitter" if scale not in (None, 1.0) else None
-    if init == "mirror" and factor not in (None, 1.0):
-        return "warped"
-    if init == "identity" and factor not in (None, 1.0):
+    if init == "mirror":
+        return None if twin == "warp_init" else "warped"  # A-B pairs can have alpha_A / alpha_B = 1
+    if factor not in (None, 1.0):
         return "paper_control"
-    if init == "identity" and factor == 1.0 and twin in ("ste", "auto"):
+    if twin in ("ste", "auto", "nowarp"):
         return "adam_twin" if run.flat.get("optimizer.name", "").startswith("adam") else "no_warp"
     return None
 
 
-def families(runs: list[Run]) -> list[tuple[tuple, dict[str, list[Run]]]]:
-    out: dict[tuple, dict[str, list[Run]]] = {}
+def twin_label(run: Run) -> str:
+    """The twin's estimator: "STE", or an A-B pair's B (e.g. ``tanh(k=2.5)``)."""
+    t = run.summary.get("twin_estimator")
+    return "STE" if not t or str(t).startswith("ste") or run.summary.get("twin") in ("self", "ste") else str(t)
+
+
+def families(runs: list[Run]) -> list[tuple[tuple, dict]]:
+    """Runs of one estimator run (same config but for the twin), keyed by (twin estimator, role);
+    the jitter floor and the untrained twin belong to the estimator run, so A-B pairs share them."""
+    out: dict[tuple, dict] = {}
     for r in runs:
         rl = role(r)
         if rl is None:
             continue
-        key = tuple(sorted((k, v) for k, v in r.flat.items() if not ignored(k) and k not in TWIN_KEYS))
-        out.setdefault(key, {}).setdefault(rl, []).append(r)
+        key = tuple(sorted((k, v) for k, v in r.flat.items() if not ignored(k) and k not in TWIN_KEYS
+                           and not k.startswith("twin_estimator")))
+        out.setdefault(key, {}).setdefault((twin_label(r), rl), []).append(r)
     return sorted(out.items(), key=lambda kv: str(kv[0]))
 
 
@@ -61,8 +70,8 @@ def _m(rs: list[Run], key: str = METRIC) -> dict:
     return stats([r.value(key) for r in rs])
 
 
-def verdict(roles: dict[str, list[Run]]) -> dict | None:
-    """One family's paragraph and figures, or None when it has no predicted pair."""
+def verdict(roles: dict[str, list[Run]], twin: str = "STE") -> dict | None:
+    """One paragraph and its figures for a predicted pair with ``twin`` as the twin's estimator, or None."""
     pred_role = "warped" if "warped" in roles else "adam_twin" if "adam_twin" in roles else None
     if pred_role is None:
         return None
@@ -75,14 +84,19 @@ def verdict(roles: dict[str, list[Run]]) -> dict | None:
     movers = _m(pred, "pair/mover_fraction")
     words = {"warped": "the warped pair (STE twin from M(w0) at lr x alpha)",
              "adam_twin": "the plain STE twin (same init, same lr)"}
-    text = (f"**{est}, {opt}, lr {lr:g}, {steps} steps ({seeds} seed{'s' if seeds > 1 else ''}).** "
+    if twin != "STE":
+        words = {"warped": f"the warped pair ({twin} twin from M_B^-1(M_A(w0)) at lr x alpha_A/alpha_B)",
+                 "adam_twin": f"the {twin} twin (same init, same lr)"}
+    against = "" if twin == "STE" else f" against {twin}"
+    text = (f"**{est}{against}, {opt}, lr {lr:g}, {steps} steps ({seeds} seed{'s' if seeds > 1 else ''}).** "
             f"Over the {_pct(movers)} of quantized weights that changed level, {words[pred_role]} ends at the "
             f"same level on {_pct(figs[pred_role])} of them")
     parts = []
     if "paper_control" in figs:
         parts.append(f"the paper's control (lr x alpha from w0) on {_pct(figs['paper_control'])}")
     if "no_warp" in figs:
-        parts.append(f"a plain STE twin (no adjustment) on {_pct(figs['no_warp'])}")
+        parts.append(f"a{' plain STE' if twin == 'STE' else ' ' + twin} twin without the adjustment on "
+                     f"{_pct(figs['no_warp'])}")
     if "jitter" in figs:
         parts.append(f"the jitter floor ({est} against itself at lr x 1.01) on {_pct(figs['jitter'])}")
     parts.append(f"and a twin that never trained would score {_pct(figs['untrained'])}")
@@ -95,18 +109,26 @@ def verdict(roles: dict[str, list[Run]]) -> dict | None:
         closed = (figs[pred_role]["mean"] - ref["mean"]) / gap if gap > 0 else None
         if closed is not None:
             call = ("supports" if closed >= SUPPORTS else "partly supports" if closed >= PARTLY else "does not support")
-            ref_words = {"no_warp": "the plain STE twin", "paper_control": "the paper's control",
+            ref_words = {"no_warp": "the unadjusted twin", "paper_control": "the paper's control",
                          None: "the untrained twin"}[ref_role]
             text += (f" It closes {100 * closed:.0f}% of the gap between {ref_words} and the jitter floor: "
                      f"this run {call} \"an STE in disguise\" at lr {lr:g}.")
     if closed is None:
         text += f" {call[0].upper() + call[1:]}."
-    return {"estimator": est, "optimizer": opt, "lr": lr, "steps": steps, "seeds": seeds, "gap_closed": closed,
+    return {"estimator": est, "twin": twin, "optimizer": opt, "lr": lr, "steps": steps, "seeds": seeds,
+            "gap_closed": closed,
             "verdict": call, "figures": figs, "mover_fraction": movers, "text": text}
 
 
 def verdicts(runs: list[Run]) -> list[dict]:
-    return [v for _, roles in families(runs) if (v := verdict(roles)) is not None]
+    out = []
+    for _, by in families(runs):
+        shared = {rl: rs for (_, rl), rs in by.items() if rl == "jitter"}
+        for twin in sorted({t for t, rl in by if rl != "jitter"}, key=lambda t: (t != "STE", t)):
+            roles = {rl: rs for (t, rl), rs in by.items() if t == twin} | shared
+            if (v := verdict(roles, twin)) is not None:
+                out.append(v)
+    return out
 
 
 def findings_markdown(vs: list[dict], law: dict) -> str:
