@@ -289,12 +289,8 @@ class Pair:
         """Change-point, mover and untrained-twin figures (0-dim device tensors; empty without a tracker)."""
         if self.tracker is None:
             return {}
-        out = {f"pair/{k}": v for k, v in self.tracker.compute().items()}
-        if per_layer:
-            names = [n for n, _ in self.layers[0]]
-            for name, figs in self.tracker.compute_layers(names).items():
-                out.update({f"layers/{name}/{k}": v for k, v in figs.items()})
-        return out
+        names = [n for n, _ in self.layers[0]] if per_layer else None
+        return {(f"layers/{k}" if "/" in k else f"pair/{k}"): v for k, v in self.tracker.compute(names).items()}
 
     @torch.no_grad()
     def evaluate(self, test_batches) -> dict[str, float]:

@@ -80,8 +80,8 @@ class ChangePointTracker:
       the initial ones, which both runs share): ``quantized_agreement_untrained`` (run a's final
       level equals its initial level), ``sequence_agreement_untrained`` (run a never changed) and
       their mover versions ``mover_agreement_untrained``, ``mover_sequence_agreement_untrained``.
-    * ``compute_layers(names)``: the mover figures per layer, when the initial levels were given
-      as one tensor per layer.
+    * ``compute(layers=names)``: also the mover figures per layer, when the initial levels were
+      given as one tensor per layer.
 
     Sequence equality is tested with two polynomial rolling hashes per weight and run
     (``h <- h * B + level + 1 mod P``, P1 = 2^31 - 1 and P2 = 2147483629, different bases),
@@ -207,7 +207,9 @@ class ChangePointTracker:
 
     # -- results ----------------------------------------------------------------------------
     @torch.no_grad()
-    def compute(self) -> dict[str, torch.Tensor]:
+    def compute(self, layers: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """The figures over all weights; with ``layers`` (one name per layer of the initial levels)
+        also the mover figures of each layer as ``<name>/<figure>``, from the same per-weight flags."""
         s = self.state
         n = torch.tensor(self.numel, dtype=torch.int64, device=self.device)
         same_level = s["a.level"] == s["b.level"]
@@ -230,6 +232,13 @@ class ChangePointTracker:
             out[f"oscillating_fraction_{run}"] = ratio(s[f"{run}.osc"].sum(), n)
         flags = self._flags(same_level, agree)
         out.update(self._mover_figures({k: v.sum() for k, v in flags.items()}, n))
+        if layers is not None:
+            if len(layers) != len(self.sizes):
+                raise ValueError(f"{len(layers)} layer names for {len(self.sizes)} layers")
+            parts = {k: torch.split(v, self.sizes) for k, v in flags.items()}
+            for i, (name, size) in enumerate(zip(layers, self.sizes)):
+                figs = self._mover_figures({k: p[i].sum() for k, p in parts.items()}, size)
+                out.update({f"{name}/{k}": v for k, v in figs.items()})
         return out
 
     def _flags(self, same_level: torch.Tensor, agree: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -253,18 +262,6 @@ class ChangePointTracker:
             "sequence_agreement_untrained": ratio(c["still"], n),
             "mover_sequence_agreement_untrained": ratio(c["mover_still"], c["mover"]),
         }
-
-    @torch.no_grad()
-    def compute_layers(self, names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
-        """``name -> {mover_fraction, mover_agreement, ...}`` per layer (the initial levels' layers)."""
-        if len(names) != len(self.sizes):
-            raise ValueError(f"{len(names)} layer names for {len(self.sizes)} layers")
-        s = self.state
-        same_level = s["a.level"] == s["b.level"]
-        agree = same_level & (s["a.count"] == s["b.count"]) & (s["a.hash"] == s["b.hash"]).all(0)
-        parts = {k: torch.split(v, self.sizes) for k, v in self._flags(same_level, agree).items()}
-        return {name: self._mover_figures({k: p[i].sum() for k, p in parts.items()}, size)
-                for i, (name, size) in enumerate(zip(names, self.sizes))}
 
     # -- checkpointing ----------------------------------------------------------------------
 
