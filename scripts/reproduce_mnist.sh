@@ -8,7 +8,7 @@
 #   sgd      the estimator under SGD against the adjusted STE twin (init M(w0), lr x alpha)
 #   warp_lr  the paper's control: SGD twin WITHOUT the warped initialization (init w0, lr x alpha)
 #   adam     the estimator under Adam against the plain STE twin (same init, same lr)
-#   jitter   the noise floor: the estimator against itself at lr x 1.01
+#   jitter   the noise floor: the estimator against itself at lr x 1.01 (adam_jitter: under Adam)
 # Past the paper: sgd_nowarp (plain STE twin, no adjustment at all), warp_init (init only), long
 # (5 epochs: how the pair drifts as training goes on), the lr law, bit widths, out-of-class shapes.
 # Weight decay: 0 throughout (configs/optimizer/*.yaml). The authors' earlier variant used 1e-4,
@@ -42,7 +42,7 @@ case "$mode" in
     ;;
   *) echo "usage: $0 full|quick [overrides]" >&2; exit 2 ;;
 esac
-all_blocks="sgd adam jitter sgd_nowarp warp_lr ablation outside bits scaledown long any_pair_tanh25 any_pair_cosine any_pair_pwl any_pair_adam any_pair_literature lr_sgd lr_sgd_nowarp lr_adam"
+all_blocks="sgd adam jitter adam_jitter sgd_nowarp warp_lr ablation outside bits scaledown long any_pair_tanh25 any_pair_cosine any_pair_pwl any_pair_adam any_pair_literature lr_sgd lr_sgd_nowarp lr_adam"
 BLOCKS=${BLOCKS:-$all_blocks}
 
 runs=$out/runs
@@ -62,6 +62,7 @@ block() {  # block NAME OVERRIDES...: one multirun into runs/NAME (re-running re
 block sgd        experiment=sgd        seed=$seeds
 block adam       experiment=adam       seed=$seeds
 block jitter     experiment=jitter     seed=$seeds
+block adam_jitter experiment=adam_jitter seed=0   # the noise floor under Adam: Adam gets a verdict
 block warp_lr    experiment=warp_lr    seed=$seeds
 # Past the paper: no adjustment at all, the init half alone, outside the class, other bit widths.
 block sgd_nowarp experiment=sgd_nowarp seed=$seeds
