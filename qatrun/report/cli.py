@@ -5,7 +5,8 @@
 Every directory holding a ``summary.json`` (searched recursively) is one pair. Writes
 ``OUT/pairs/<label>/{curves,alignment_scatter,movement_scatter,agreement}.<fmt>`` per pair,
 ``OUT/lr_law.<fmt>`` + ``OUT/lr_law.json`` (error vs learning rate, fitted log-log slopes per family),
-``OUT/table.{md,csv}`` + ``OUT/summary.json`` (seeds aggregated per comparison) and ``OUT/findings.md``
+``OUT/table.{md,csv}`` + ``OUT/summary.json`` (seeds aggregated per comparison), ``OUT/drift.<fmt>``
+(``--drift KEY=VALUE``: chosen pairs overlaid over training, see ``drift.py``) and ``OUT/findings.md``
 (a verdict per estimator and learning rate, in plain words, from the numbers: see ``verdict.py``). Missing pieces
 (no weight sample, ``pair.twin=none``, NaN metrics) skip the figure and add a note instead.
 """
@@ -21,6 +22,7 @@ import matplotlib
 
 from qatrun.files import jsonable, write_json
 
+from .drift import drift_markdown, drift_table, fig_drift, select
 from .figures import STYLE, pair_figures, save
 from .lrlaw import fig_lr_law, lr_law
 from .runs import aggregate, find_runs, stats
@@ -42,6 +44,7 @@ result trees), groups runs that differ only by seed into comparisons, and writes
                               and weight movement scatters (w/m: weights in units of the layer's grid range)
   OUT/lr_law.*                pair error against learning rate with log-log slopes (>= 3 lrs per family)
   OUT/findings.md             a verdict per estimator and learning rate, in plain words, from the numbers
+  OUT/drift.*                 with --drift KEY=VALUE: the selected pairs overlaid over training steps
   OUT/summary.json            everything above as data, plus notes on what was skipped and why
 
 Metrics: over the weights that changed level (movers) the agreement of final levels and of level
@@ -54,6 +57,7 @@ EPILOG = """\
 examples:
   qatrun-report multirun/2026-11-28/10-00-00 --out report/
   qatrun-report results/mnist/runs --out report/ --formats png tex --no-pairs
+  qatrun-report results/mnist/runs --out report/ --drift experiment_name=long
   qatrun-report outputs/ --out report/ --label-by optimizer.name pair.twin"""
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
@@ -61,11 +65,15 @@ def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=+-]+", "_", label).strip("_") or "run"
 
 
-def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=None, pair_figs=True) -> dict:
+def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=None, pair_figs=True,
+           drift=None) -> dict:
     notes: list = []
     runs = find_runs(paths, notes)
     if not runs:
         raise FileNotFoundError(f"no summary.json under {' '.join(map(str, paths))}")
+    drifting = select(runs, drift) if drift else []
+    if drift and not drifting:
+        notes.append(f"drift: no run has {' '.join(drift)}; drift figure skipped")
     out.mkdir(parents=True, exist_ok=True)
     comparisons, pairs = [], {}
     with matplotlib.rc_context(STYLE):
@@ -84,11 +92,15 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
             save(fig_lr_law(law), out, "lr_law", formats)
         else:
             notes.append("lr law: no family with >= 3 learning rates; lr_law figure skipped")
+        if drifting:
+            save(fig_drift(drifting), out, "drift", formats)
     write_json(out / "lr_law.json", law)
     write_tables(comparisons, out)
     vs = verdicts(runs)
-    (out / "findings.md").write_text(findings_markdown(vs, law))
-    result = jsonable({"comparisons": comparisons, "lr_law": law, "verdicts": vs, "pairs": pairs, "notes": notes})
+    drift_rows = drift_table(drifting)
+    (out / "findings.md").write_text(findings_markdown(vs, law, drift_markdown(drift_rows)))
+    result = jsonable({"comparisons": comparisons, "lr_law": law, "verdicts": vs, "drift": drift_rows,
+                       "pairs": pairs, "notes": notes})
     write_json(out / "summary.json", result)
     return result
 
@@ -105,11 +117,15 @@ def main(argv=None) -> int:
     p.add_argument("--family-by", nargs="+", default=None, metavar="KEY",
                    help="config keys grouping runs for the lr law (default: everything but lr and seed)")
     p.add_argument("--no-pairs", action="store_true", help="skip the per-pair figures (large sweeps)")
+    p.add_argument("--drift", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="overlay the runs with these config values in OUT/drift.* (mover agreement and alignment "
+                        "error against the step) and tabulate them in findings.md, e.g. --drift experiment_name=long")
     args = p.parse_args(argv)
     figure_formats = [f for f in args.formats if f in FIGURE_FORMATS] or ["png", "pdf"]
     try:
-        res = report(args.paths, Path(args.out), figure_formats, args.label_by, args.family_by, not args.no_pairs)
-    except FileNotFoundError as e:
+        res = report(args.paths, Path(args.out), figure_formats, args.label_by, args.family_by, not args.no_pairs,
+                     args.drift)
+    except (FileNotFoundError, ValueError) as e:
         print(f"qatrun-report: {e}", file=sys.stderr)
         return 2
     if "tex" in args.formats:
