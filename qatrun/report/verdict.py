@@ -48,7 +48,8 @@ def twin_label(run: Run) -> str:
 
 def families(runs: list[Run]) -> list[tuple[tuple, dict]]:
     """Runs of one estimator run (same config but for the twin), keyed by (twin estimator, role);
-    the jitter floor and the untrained twin belong to the estimator run, so A-B pairs share them."""
+    the jitter floor and the untrained twin belong to the estimator run, so A-B pairs share them.
+    A seed counts once per group: the first run (in path order) of a repeated configuration stands."""
     out: dict[tuple, dict] = {}
     for r in runs:
         rl = role(r)
@@ -56,7 +57,9 @@ def families(runs: list[Run]) -> list[tuple[tuple, dict]]:
             continue
         key = tuple(sorted((k, v) for k, v in r.flat.items() if not ignored(k) and k not in TWIN_KEYS
                            and not k.startswith("twin_estimator")))
-        out.setdefault(key, {}).setdefault((twin_label(r), rl), []).append(r)
+        group = out.setdefault(key, {}).setdefault((twin_label(r), rl), [])
+        if r.flat.get("seed") not in [g.flat.get("seed") for g in group]:  # a seed counts once (the lr law
+            group.append(r)  # repeats the default lr's seed 0 under another experiment_name)
     return sorted(out.items(), key=lambda kv: str(kv[0]))
 
 
