@@ -181,6 +181,12 @@ def test_lr_law_slope(law):
     assert fam["disagreement"]["slope"] == pytest.approx(1.0, abs=1e-6)
     assert 10 ** fam["disagreement"]["intercept"] == pytest.approx(0.1, rel=1e-6)
     assert fam["alignment_error"]["slope"] == pytest.approx(0.5, abs=1e-6)
+    # write_run: mover agreement 1 - 20 (1 - qa), i.e. mover disagreement 2 lr: slope 1, intercept 2
+    assert fam["mover_disagreement"]["slope"] == pytest.approx(1.0, abs=1e-6)
+    assert 10 ** fam["mover_disagreement"]["intercept"] == pytest.approx(2.0, rel=1e-6)
+    assert fam["alignment_map"] == "mirror"
+    assert ("* SGD, STE twin from M(w0) at lr x alpha: 1 - mover agreement 1.00, 1 - overall agreement 1.00, "
+            "alignment error (through M) 0.50") in (out / "findings.md").read_text()
     assert fam["disagreement"]["min"][0] == pytest.approx(0.1 * 0.001 * 0.9)
     for ext in ("png", "pdf"):
         assert (out / f"lr_law.{ext}").stat().st_size > 0

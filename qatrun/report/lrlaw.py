@@ -53,7 +53,9 @@ def lr_law(runs: list[Run], family_by, notes: list) -> dict:
         label = f"{describe(rs[0])} {re.sub(r' #[0-9]+$', '', extra)}".strip()  # describe() tells families apart
         lrs = sorted({r.value("optimizer.lr") for r in rs})
         entry = {"config": dict(zip(family_by, key)) if family_by else {}, "lr": lrs, "n_seeds": []}
-        for name, f in [("disagreement", lambda r: 1 - r.value("pair/quantized_agreement")),
+        entry["alignment_map"] = str(rs[0].summary.get("alignment_map") or "mirror")
+        for name, f in [("mover_disagreement", lambda r: 1 - r.value("pair/mover_agreement")),
+                        ("disagreement", lambda r: 1 - r.value("pair/quantized_agreement")),
                         ("alignment_error", lambda r: r.value("pair/alignment_error"))]:
             st = [stats([f(r) for r in rs if r.value("optimizer.lr") == lr]) for lr in lrs]
             entry[name] = {k: [s[k] for s in st] for k in ("mean", "min", "max", "n")}
@@ -67,20 +69,28 @@ def lr_law(runs: list[Run], family_by, notes: list) -> dict:
     return result
 
 
+MAP_WORDS = {"mirror": "through M", "identity": "through the identity"}
+
+
 def fig_lr_law(law: dict):
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), layout="constrained")
-    titles = {"disagreement": "1 − quantized weight agreement (fraction)",
+    """Two log-log panels against the lr: 1 - agreement over movers, and the alignment error through the
+    map the theory predicts for each family (named in the legend); dashed: the fitted power law."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.8), layout="constrained")
+    titles = {"mover_disagreement": "1 − agreement over movers (fraction)",
               "alignment_error": "alignment error (/ distance travelled)"}
     for ax, (metric, ylabel) in zip(axes, titles.items()):
-        pos = [v for e in law.values() for v in e[metric]["min"] + e[metric]["mean"] if v is not None and v > 0]
+        law_m = {k: e for k, e in law.items() if metric in e}  # lr_law.json of older reports lacks movers
+        pos = [v for e in law_m.values() for v in e[metric]["min"] + e[metric]["mean"] if v is not None and v > 0]
         floor, floor_label = (min(pos) / 3 if pos else 1e-6), "0 measured (drawn at floor)"
-        for i, (label, e) in enumerate(law.items()):
+        for i, (label, e) in enumerate(law_m.items()):
             c, d, x = OKABE_ITO[i % len(OKABE_ITO)], e[metric], np.array(e["lr"])
             mean, lo, hi = (np.array([np.nan if v is None else v for v in d[k]]) for k in ("mean", "min", "max"))
             clipped = mean <= 0
             mean_c = np.where(clipped, floor, mean)
             yerr = [mean_c - np.maximum(lo, floor), np.maximum(hi, floor) - mean_c]
             fit = f"slope {d['slope']:.2f}" if d["slope"] is not None else "no fit"
+            if metric == "alignment_error":
+                fit += f", {MAP_WORDS.get(e.get('alignment_map'), e.get('alignment_map'))}"
             ax.errorbar(x[~clipped], mean_c[~clipped], yerr=[yerr[0][~clipped], yerr[1][~clipped]], color=c,
                         marker="o", ms=5, ls="none", capsize=3, label=f"{label}: {fit}")
             if clipped.any():

@@ -141,7 +141,10 @@ def findings_markdown(vs: list[dict], law: dict, drift_lines: list[str] = ()) ->
     if law:
         lines.append("Learning-rate law (log-log slope against the lr, one seed per lr):\n")
         for fam, d in sorted(law.items()):
-            slopes = [f"{k.replace('_', ' ')} {d[k]['slope']:.2f}" for k in ("disagreement", "alignment_error")
+            through = "M" if d.get("alignment_map", "mirror") == "mirror" else "the identity"
+            names = {"mover_disagreement": "1 - mover agreement", "disagreement": "1 - overall agreement",
+                     "alignment_error": f"alignment error (through {through})"}
+            slopes = [f"{name} {d[k]['slope']:.2f}" for k, name in names.items()
                       if isinstance(d.get(k), dict) and d[k].get("slope") is not None]
             lines.append(f"* {fam}: {', '.join(slopes) or 'no fit'}")
     return "\n".join(lines).rstrip() + "\n"
