@@ -230,6 +230,8 @@ class Pair:
         if self.comparer is not None and changepoints:
             self.tracker = ChangePointTracker(levels(self.layers[0]), levels(self.layers[1]))
         self.weights0 = [[l.weight.detach().clone() for _, l in ls] for ls in self.layers]
+        if compile:  # a fresh dynamo state per pair: a Hydra sweep runs its jobs in one process, and the
+            torch._dynamo.reset()  # previous job's caches broke the next estimator's compile (bits1 then bits4)
         self.step_fns = [compile_step(dist.wrap(m, device), o, s, precision, channels_last, compile)
                          for m, o, s in zip(models, self.optims, self.scheds)]
         # Progress (fraction of the steps done) for estimators whose g changes over training: one 0-dim

@@ -135,6 +135,16 @@ def test_compiled_pair_matches_eager(tmp_path):
     assert compiled["pair/alignment_error"] == pytest.approx(eager["pair/alignment_error"], rel=0.05)
 
 
+def test_compiled_pairs_of_two_estimators_in_one_process(tmp_path):
+    """A sweep runs its jobs in one process: a compiled 1-bit pair, then a compiled 4-bit one (dynamo's
+    caches from the first used to fail the second with an AssertionError inside torch._dynamo)."""
+    common = ["trainer.max_steps=2", "trainer.eval_every=2", "trainer.changepoints=false", "compile=true"]
+    one = run(tmp_path, "bits1", *common, "estimator.bits=1")
+    four = run(tmp_path, "bits4", *common, "estimator.bits=4")
+    assert one["config"]["estimator"]["bits"] == 1 and four["config"]["estimator"]["bits"] == 4
+    assert four["steps"] == 2 and 0.0 <= four["pair/quantized_agreement"] <= 1.0
+
+
 def test_curve_correlations_need_five_points(sgd_pairs, tmp_path):
     few = sgd_pairs["auto"]  # 4 logged losses (steps 5..20), 3 evals (0, 10, 20): nothing to correlate
     assert len(few["history"]["log_step"]) == 4
