@@ -10,7 +10,8 @@
 #   adam     the estimator under Adam against the plain STE twin (same init, same lr)
 #   jitter   the noise floor: the estimator against itself at lr x 1.01 (adam_jitter: under Adam)
 # Past the paper: sgd_nowarp (plain STE twin, no adjustment at all), warp_init (init only), long
-# (5 epochs: how the pair drifts as training goes on), the lr law, bit widths, out-of-class shapes.
+# (5 epochs: how the pair drifts as training goes on), the lr law (with a jitter floor at every lr),
+# bit widths, out-of-class shapes.
 # Weight decay: 0 throughout (configs/optimizer/*.yaml). The authors' earlier variant used 1e-4,
 # but L2 breaks the exact correspondence: the decay term lambda*w of the estimator run is not
 # divided by g(w), so seen through M it is not the twin's decay lambda*M(w). With decay the suite
@@ -44,7 +45,7 @@ case "$mode" in
     ;;
   *) echo "usage: $0 full|quick [overrides]" >&2; exit 2 ;;
 esac
-all_blocks="sgd adam jitter adam_jitter sgd_nowarp warp_lr ablation outside bits scaledown long any_pair_tanh25 any_pair_cosine any_pair_pwl any_pair_adam any_pair_literature lr_sgd lr_sgd_nowarp lr_adam"
+all_blocks="sgd adam jitter adam_jitter sgd_nowarp warp_lr ablation outside bits scaledown long any_pair_tanh25 any_pair_cosine any_pair_pwl any_pair_adam any_pair_literature lr_sgd lr_sgd_nowarp lr_adam lr_jitter lr_adam_jitter"
 BLOCKS=${BLOCKS:-$all_blocks}
 
 runs=$out/runs
@@ -87,6 +88,9 @@ block any_pair_literature experiment=qnet,approxsign,dsq_anneal seed=0
 block lr_sgd        experiment=sgd        optimizer.lr=$sgd_lrs  seed=0 experiment_name=lr_law
 block lr_sgd_nowarp experiment=sgd_nowarp optimizer.lr=$sgd_lrs  seed=0 experiment_name=lr_law
 block lr_adam       experiment=adam       optimizer.lr=$adam_lrs seed=0 experiment_name=lr_law
+# The jitter floor at every lr of the law, so each lr gets its own verdict.
+block lr_jitter      experiment=jitter      optimizer.lr=$sgd_lrs  seed=0 experiment_name=lr_law
+block lr_adam_jitter experiment=adam_jitter optimizer.lr=$adam_lrs seed=0 experiment_name=lr_law
 
 wall=$(( $(date +%s) - start ))
 "$REPORT" "$runs" --out "$out" --drift experiment_name=long
