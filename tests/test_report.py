@@ -386,7 +386,7 @@ def test_verdict_supports_when_the_warp_closes_the_gap(tmp_path):
     text = (tmp_path / "out" / "findings.md").read_text()
     for fig in ("97.0% ± 0.1", "75.0% ± 0.1", "70.0% ± 0.1", "98.0% ± 0.1", "8.0%", "4.0%", "96% of the gap"):
         assert fig in text, fig
-    assert 'supports "an STE in disguise" at lr 0.01' in text and "tanh, sgd, lr 0.01, 30 steps (2 seeds)" in text
+    assert 'supports "an STE in disguise" at lr 0.01' in text and "tanh (2 bits), sgd, lr 0.01, 30 steps (2 seeds)" in text
 
 
 def test_verdict_does_not_support_when_warped_is_no_better_than_the_control(tmp_path):
@@ -394,6 +394,11 @@ def test_verdict_does_not_support_when_warped_is_no_better_than_the_control(tmp_
     assert v["verdict"] == "does not support" and v["gap_closed"] < 0.25
     (v,) = family(tmp_path / "b", {"warped": 0.85, "no_warp": 0.70, "jitter": 0.98})["verdicts"]
     assert v["verdict"] == "partly supports"
+
+
+def test_no_verdict_when_the_jitter_floor_is_below_the_reference(tmp_path):
+    (v,) = family(tmp_path, {"warped": 0.6, "no_warp": 0.55, "jitter": 0.5})["verdicts"]
+    assert v["gap_closed"] is None and v["verdict"].startswith("no verdict (the jitter floor is not above")
 
 
 def test_no_verdict_without_a_jitter_floor(tmp_path):

@@ -81,6 +81,7 @@ def verdict(roles: dict[str, list[Run]], twin: str = "STE") -> dict | None:
     pred = roles[pred_role]
     r0 = pred[0]
     est, opt, lr = r0.summary.get("estimator"), r0.flat.get("optimizer.name"), r0.flat.get("optimizer.lr")
+    bits = r0.flat.get("estimator.bits")
     steps, seeds = r0.summary.get("steps"), len(pred)
     figs = {rl: _m(rs) for rl, rs in roles.items()}
     figs["untrained"] = _m(pred, "pair/mover_agreement_untrained")
@@ -91,7 +92,8 @@ def verdict(roles: dict[str, list[Run]], twin: str = "STE") -> dict | None:
         words = {"warped": f"the warped pair ({twin} twin from M_B^-1(M_A(w0)) at lr x alpha_A/alpha_B)",
                  "adam_twin": f"the {twin} twin (same init, same lr)"}
     against = "" if twin == "STE" else f" against {twin}"
-    text = (f"**{est}{against}, {opt}, lr {lr:g}, {steps} steps ({seeds} seed{'s' if seeds > 1 else ''}).** "
+    nbits = f" ({bits} bit{'s' if bits != 1 else ''})" if bits is not None else ""
+    text = (f"**{est}{nbits}{against}, {opt}, lr {lr:g}, {steps} steps ({seeds} seed{'s' if seeds > 1 else ''}).** "
             f"Over the {_pct(movers)} of quantized weights that changed level, {words[pred_role]} ends at the "
             f"same level on {_pct(figs[pred_role])} of them")
     parts = []
@@ -110,6 +112,9 @@ def verdict(roles: dict[str, list[Run]], twin: str = "STE") -> dict | None:
     if "jitter" in figs and None not in (ref["mean"], figs["jitter"]["mean"], figs[pred_role]["mean"]):
         gap = figs["jitter"]["mean"] - ref["mean"]
         closed = (figs[pred_role]["mean"] - ref["mean"]) / gap if gap > 0 else None
+        if closed is None:
+            ref_name = "the untrained twin" if ref_role is None else "the reference twin"
+            call = f"no verdict (the jitter floor is not above {ref_name}: noise swamps the comparison at this lr)"
         if closed is not None:
             call = ("supports" if closed >= SUPPORTS else "partly supports" if closed >= PARTLY else "does not support")
             ref_words = {"no_warp": "the unadjusted twin", "paper_control": "the paper's control",
@@ -118,7 +123,7 @@ def verdict(roles: dict[str, list[Run]], twin: str = "STE") -> dict | None:
                      f"this run {call} \"an STE in disguise\" at lr {lr:g}.")
     if closed is None:
         text += f" {call[0].upper() + call[1:]}."
-    return {"estimator": est, "twin": twin, "optimizer": opt, "lr": lr, "steps": steps, "seeds": seeds,
+    return {"estimator": est, "twin": twin, "optimizer": opt, "bits": bits, "lr": lr, "steps": steps, "seeds": seeds,
             "gap_closed": closed,
             "verdict": call, "figures": figs, "mover_fraction": movers, "text": text}
 
@@ -131,7 +136,9 @@ def verdicts(runs: list[Run]) -> list[dict]:
             roles = {rl: rs for (t, rl), rs in by.items() if t == twin} | shared
             if (v := verdict(roles, twin)) is not None:
                 out.append(v)
-    return out
+    order = lambda v: (str(v["estimator"]), v["twin"] != "STE", str(v["twin"]), str(v["optimizer"]),
+                       v["bits"] or 0, v["steps"] or 0, v["lr"] or 0)
+    return sorted(out, key=order)
 
 
 def findings_markdown(vs: list[dict], law: dict, drift_lines: list[str] = ()) -> str:
