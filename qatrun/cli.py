@@ -50,6 +50,10 @@ def _main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = str(hc.mode) == "RunMode.MULTIRUN"
+    if multirun:  # a sweep run again retries its failed points: the last try's error.txt is stale now
+        from qatrun import sweep
+
+        (run_dir / sweep.ERROR_FILE).unlink(missing_ok=True)
     try:
         summary = execute(cfg, run_dir)
     except (ValueError, TrainingError) as exc:  # user errors: one line, no traceback

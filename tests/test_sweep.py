@@ -48,6 +48,18 @@ def test_a_failing_point_does_not_stop_the_sweep(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_retried_point_that_succeeds_is_no_longer_failed(tmp_path):
+    """Running a sweep again retries its failed points; one that now finishes drops its old error.txt."""
+    job = tmp_path / "sweep" / "0_"
+    job.mkdir(parents=True)
+    (job / "error.txt").write_text("\nAssertionError: from the last try\n")
+    out = run_in(tmp_path, "-m", *SHORT, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not (job / "error.txt").exists() and json.loads((job / "summary.json").read_text())["steps"] == 4
+    assert "failed" not in out.stderr
+
+
+@pytest.mark.slow
 def test_joblib_launcher_runs_points_in_parallel(tmp_path):
     out = run_in(tmp_path, "-m", *SHORT, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                  f"hydra.sweep.dir={tmp_path / 'sweep'}")
