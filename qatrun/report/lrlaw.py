@@ -48,9 +48,12 @@ def lr_law(runs: list[Run], family_by, notes: list) -> dict:
             fams.setdefault(key, []).append(r)
     flats = [rs[0].flat for rs in fams.values()]
     keys = [k for k in (family_by or label_keys(flats, drop)) if k not in ("optimizer.name", "pair.twin", "optimizer.lr")]
-    result = {}
+    result, kept = {}, [rs for rs in fams.values() if len({r.value("optimizer.lr") for r in rs}) >= 3]
+    plain = [describe(rs[0]) for rs in kept]
     for (key, rs), extra in zip(fams.items(), make_labels(flats, keys) if keys else [""] * len(fams)):
-        label = f"{describe(rs[0])} {re.sub(r' #[0-9]+$', '', extra)}".strip()  # describe() tells families apart
+        label = describe(rs[0])  # the config's extra keys only where the description alone is ambiguous
+        if plain.count(label) != 1 or not any(rs is k for k in kept):
+            label = f"{label} {re.sub(r' #[0-9]+$', '', extra)}".strip()
         lrs = sorted({r.value("optimizer.lr") for r in rs})
         entry = {"config": dict(zip(family_by, key)) if family_by else {}, "lr": lrs, "n_seeds": []}
         entry["alignment_map"] = str(rs[0].summary.get("alignment_map") or "mirror")
@@ -74,32 +77,43 @@ MAP_WORDS = {"mirror": "through M", "identity": "through the identity"}
 
 def fig_lr_law(law: dict):
     """Two log-log panels against the lr: 1 - agreement over movers, and the alignment error through the
-    map the theory predicts for each family (named in the legend); dashed: the fitted power law."""
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.8), layout="constrained")
+    map the theory predicts for each family; dashed: the fitted power law; hollow squares: a jitter floor
+    (the estimator against itself). One legend below both panels: each family with its two slopes."""
+    from matplotlib.lines import Line2D
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.6), layout="constrained")
     titles = {"mover_disagreement": "1 − agreement over movers (fraction)",
               "alignment_error": "alignment error (/ distance travelled)"}
+    style = {label: (OKABE_ITO[i % len(OKABE_ITO)], "s" if "against itself" in label else "o")
+             for i, label in enumerate(law)}
+    clipped_any = False
     for ax, (metric, ylabel) in zip(axes, titles.items()):
         law_m = {k: e for k, e in law.items() if metric in e}  # lr_law.json of older reports lacks movers
         pos = [v for e in law_m.values() for v in e[metric]["min"] + e[metric]["mean"] if v is not None and v > 0]
-        floor, floor_label = (min(pos) / 3 if pos else 1e-6), "0 measured (drawn at floor)"
-        for i, (label, e) in enumerate(law_m.items()):
-            c, d, x = OKABE_ITO[i % len(OKABE_ITO)], e[metric], np.array(e["lr"])
+        floor = min(pos) / 3 if pos else 1e-6
+        for label, e in law_m.items():
+            (c, mk), d, x = style[label], e[metric], np.array(e["lr"])
             mean, lo, hi = (np.array([np.nan if v is None else v for v in d[k]]) for k in ("mean", "min", "max"))
             clipped = mean <= 0
             mean_c = np.where(clipped, floor, mean)
             yerr = [mean_c - np.maximum(lo, floor), np.maximum(hi, floor) - mean_c]
-            fit = f"slope {d['slope']:.2f}" if d["slope"] is not None else "no fit"
-            if metric == "alignment_error":
-                fit += f", {MAP_WORDS.get(e.get('alignment_map'), e.get('alignment_map'))}"
             ax.errorbar(x[~clipped], mean_c[~clipped], yerr=[yerr[0][~clipped], yerr[1][~clipped]], color=c,
-                        marker="o", ms=5, ls="none", capsize=3, label=f"{label}: {fit}")
+                        marker=mk, mfc="none" if mk == "s" else c, ms=5, ls="none", capsize=3)
             if clipped.any():
-                ax.plot(x[clipped], mean_c[clipped], "v", mfc="none", color=c, ms=7, label=floor_label)
-                floor_label = None
+                ax.plot(x[clipped], mean_c[clipped], "v", mfc="none", color=c, ms=7)
+                clipped_any = True
             if d["slope"] is not None:
                 xs = np.geomspace(x.min(), x.max(), 20)
                 ax.plot(xs, 10 ** (d["intercept"] + d["slope"] * np.log10(xs)), color=c, ls="--", lw=1)
-        ax.set(xscale="log", yscale="log", xlabel="optimizer learning rate η (peak)", ylabel=ylabel)
-        ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.15))
-    fig.suptitle("Learning-rate law: pair error vs learning rate (mean over seeds, bars: min–max)")
+        ax.set(xscale="log", yscale="log", xlabel="optimizer learning rate η (peak)", ylabel=ylabel, title=ylabel)
+    slope = lambda e, m: f"{e[m]['slope']:.2f}" if isinstance(e.get(m), dict) and e[m]["slope"] is not None else "–"
+    handles = [Line2D([], [], color=c, marker=mk, mfc="none" if mk == "s" else c, ls="--", lw=1,
+                      label=f"{label}: slopes {slope(law[label], 'mover_disagreement')} (movers), "
+                            f"{slope(law[label], 'alignment_error')} (alignment, "
+                            f"{MAP_WORDS.get(law[label].get('alignment_map'), law[label].get('alignment_map'))})")
+               for label, (c, mk) in style.items()]
+    if clipped_any:
+        handles.append(Line2D([], [], color="0.4", marker="v", mfc="none", ls="none", label="0 measured (drawn at floor)"))
+    fig.legend(handles=handles, loc="outside lower center", frameon=False, fontsize=8.5)
+    fig.suptitle("Learning-rate law: pair error vs learning rate (mean over seeds, bars: min–max, dashed: log-log fit)")
     return fig

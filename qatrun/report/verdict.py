@@ -112,13 +112,12 @@ def verdict(roles: dict[str, list[Run]], twin: str = "STE") -> dict | None:
     if "jitter" in figs and None not in (ref["mean"], figs["jitter"]["mean"], figs[pred_role]["mean"]):
         gap = figs["jitter"]["mean"] - ref["mean"]
         closed = (figs[pred_role]["mean"] - ref["mean"]) / gap if gap > 0 else None
+        ref_words = {"no_warp": "the unadjusted twin", "paper_control": "the paper's control",
+                     None: "the untrained twin"}[ref_role]
         if closed is None:
-            ref_name = "the untrained twin" if ref_role is None else "the reference twin"
-            call = f"no verdict (the jitter floor is not above {ref_name}: noise swamps the comparison at this lr)"
+            call = f"no verdict (the jitter floor is not above {ref_words}: noise swamps the comparison at this lr)"
         if closed is not None:
             call = ("supports" if closed >= SUPPORTS else "partly supports" if closed >= PARTLY else "does not support")
-            ref_words = {"no_warp": "the unadjusted twin", "paper_control": "the paper's control",
-                         None: "the untrained twin"}[ref_role]
             text += (f" It closes {100 * closed:.0f}% of the gap between {ref_words} and the jitter floor: "
                      f"this run {call} \"an STE in disguise\" at lr {lr:g}.")
     if closed is None:
