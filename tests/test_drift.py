@@ -98,3 +98,16 @@ def test_report_notes_a_drift_selector_that_matches_nothing(tmp_path):
     assert res["drift"] == [] and not (tmp_path / "out" / "drift.png").exists()
     assert any("drift: no run has experiment_name=long" in n for n in res["notes"])
     assert "Drift over training" not in (tmp_path / "out" / "findings.md").read_text()
+
+
+def test_report_prunes_figure_dirs_of_runs_it_left_out(tmp_path):
+    long_run(tmp_path / "runs" / "w")
+    out = tmp_path / "out"
+    stale, foreign = out / "pairs" / "gone_seed=0", out / "pairs" / "mine"
+    stale.mkdir(parents=True), foreign.mkdir(parents=True)
+    (stale / "curves.png").write_bytes(b"x")
+    (foreign / "notes.txt").write_text("not a figure: kept")
+    res = report.report([tmp_path / "runs"], out, formats=["png"])
+    assert not stale.exists() and (foreign / "notes.txt").exists()
+    assert set(res["pairs"]) <= {p.name for p in (out / "pairs").iterdir()}
+    assert any("gone_seed=0" in n for n in res["notes"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -65,6 +66,15 @@ def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=+-]+", "_", label).strip("_") or "run"
 
 
+def prune_pairs(pairs_dir: Path, written: set, notes: list) -> None:
+    """Drop OUT/pairs/<label>/ directories this report did not write (runs gone or relabelled), when they
+    hold nothing but figures: a report into an existing OUT must not show figures of runs it left out."""
+    for d in sorted(pairs_dir.iterdir()) if pairs_dir.is_dir() else []:
+        if d.is_dir() and d.name not in written and all(f.suffix[1:] in FIGURE_FORMATS for f in d.iterdir()):
+            shutil.rmtree(d)
+            notes.append(f"removed {d}: figures of a run not in this report")
+
+
 def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=None, pair_figs=True,
            drift=None) -> dict:
     notes: list = []
@@ -87,6 +97,7 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
                 pl = f"{label} seed={r.flat.get('seed')}"
                 d = slug(pl) if slug(pl) not in pairs else f"{slug(pl)}_{r.path.name}"
                 pairs[d] = pair_figures(r, pl, out / "pairs" / d, formats, notes)
+        prune_pairs(out / "pairs", set(pairs), notes)
         law = lr_law(runs, family_by, notes)
         if law:
             save(fig_lr_law(law), out, "lr_law", formats)
