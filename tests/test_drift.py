@@ -22,7 +22,8 @@ def long_run(d, *, opt="sgd", twin="auto", name="long", agree=(0.99, 0.98, 0.97,
     s["config"]["experiment_name"] = name
     s["alignment_map"] = "mirror" if s["twin_init"] == "mirror" else "identity"
     mirror = [0.0, 0.02, 0.04, 0.05, 0.08, 0.1] if s["twin_init"] == "mirror" else [0.0, 3.0, 3.5, 4.0, 4.5, 5.0]
-    s["history"].update({"log_step": STEPS,
+    s["history"].update({"log_step": STEPS, "est/loss": [2.3, 1.5, 1.0, 0.7, 0.6, 0.5],
+                         "twin/loss": [2.3, 1.6, 1.1, 0.75, 0.62, 0.55],
                          "pair/mover_agreement": [None, *agree],  # no mover at step 0: NaN in the json
                          "pair/mover_agreement_untrained": [None, *untrained],
                          "pair/mover_fraction": [0.0, 0.01, 0.02, 0.03, 0.04, 0.05],
