@@ -45,7 +45,7 @@ case "$mode" in
     ;;
   *) echo "usage: $0 full|quick [overrides]" >&2; exit 2 ;;
 esac
-all_blocks="sgd adam jitter adam_jitter sgd_nowarp warp_lr ablation outside bits scaledown long any_pair_tanh25 any_pair_cosine any_pair_pwl any_pair_adam any_pair_literature lr_sgd lr_sgd_nowarp lr_adam lr_jitter lr_adam_jitter"
+all_blocks="sgd adam jitter adam_jitter sgd_nowarp warp_lr ablation outside bits scaledown long any_pair_tanh25 any_pair_cosine any_pair_pwl any_pair_adam any_pair_literature lr_sgd lr_sgd_nowarp lr_adam lr_jitter lr_adam_jitter lr_seeds"
 BLOCKS=${BLOCKS:-$all_blocks}
 
 runs=$out/runs
@@ -91,6 +91,9 @@ block lr_adam       experiment=adam       optimizer.lr=$adam_lrs seed=0 experime
 # The jitter floor at every lr of the law, so each lr gets its own verdict.
 block lr_jitter      experiment=jitter      optimizer.lr=$sgd_lrs  seed=0 experiment_name=lr_law
 block lr_adam_jitter experiment=adam_jitter optimizer.lr=$adam_lrs seed=0 experiment_name=lr_law
+if [ "$mode" = full ]; then  # two more seeds where one seed said the claim breaks down (lr 0.0316)
+  block lr_seeds     experiment=sgd,sgd_nowarp,jitter optimizer.lr=0.0316 seed=1,2 experiment_name=lr_law
+fi
 
 wall=$(( $(date +%s) - start ))
 "$REPORT" "$runs" --out "$out" --drift experiment_name=long
