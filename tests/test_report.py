@@ -185,7 +185,8 @@ def test_lr_law_slope(law):
     assert fam["mover_disagreement"]["slope"] == pytest.approx(1.0, abs=1e-6)
     assert 10 ** fam["mover_disagreement"]["intercept"] == pytest.approx(2.0, rel=1e-6)
     assert fam["alignment_map"] == "mirror"
-    assert ("* SGD, STE twin from M(w0) at lr x alpha: 1 - mover agreement 1.00, 1 - overall agreement 1.00, "
+    assert ("* SGD, STE twin from M(w0) at lr x alpha (seeds per lr: 2 at 0.001, 2 at 0.003, 2 at 0.01, 2 at 0.03, "
+            "2 at 0.1): 1 - mover agreement 1.00, 1 - overall agreement 1.00, "
             "alignment error (through M) 0.50") in (out / "findings.md").read_text()
     assert fam["disagreement"]["min"][0] == pytest.approx(0.1 * 0.001 * 0.9)
     for ext in ("png", "pdf"):

@@ -145,12 +145,15 @@ def findings_markdown(vs: list[dict], law: dict, drift_lines: list[str] = ()) ->
     lines += [v["text"] + "\n" for v in vs] or ["No family with a predicted pair in these runs.\n"]
     lines += list(drift_lines)
     if law:
-        lines.append("Learning-rate law (log-log slope against the lr, one seed per lr):\n")
+        lines.append("Learning-rate law (log-log slope against the lr, fitted to the mean over seeds at each lr):\n")
         for fam, d in sorted(law.items()):
             through = "M" if d.get("alignment_map", "mirror") == "mirror" else "the identity"
             names = {"mover_disagreement": "1 - mover agreement", "disagreement": "1 - overall agreement",
                      "alignment_error": f"alignment error (through {through})"}
             slopes = [f"{name} {d[k]['slope']:.2f}" for k, name in names.items()
                       if isinstance(d.get(k), dict) and d[k].get("slope") is not None]
-            lines.append(f"* {fam}: {', '.join(slopes) or 'no fit'}")
+            n = d.get("n_seeds") or []
+            seeds = ("one seed per lr" if set(n) <= {1} else
+                     "seeds per lr: " + ", ".join(f"{k} at {lr:g}" for k, lr in zip(n, d.get("lr", []))))
+            lines.append(f"* {fam} ({seeds}): {', '.join(slopes) or 'no fit'}")
     return "\n".join(lines).rstrip() + "\n"
