@@ -30,7 +30,7 @@ test: install  ## run the test suite (CPU; CUDA tests skip without a GPU)
 bench: install  ## benchmark the pair against plain PyTorch (writes results/bench.json)
 	$(VENV)/bin/qatrun-bench $(ARGS)
 
-reproduce-mnist: install  ## full MNIST suite (60 runs, about 3.5 h on 2 CPU cores; ARGS=device=cuda on a GPU)
+reproduce-mnist: install  ## full MNIST suite (66 runs, about 3.6 h on 2 CPU cores; ARGS=device=cuda on a GPU)
 	bash scripts/reproduce_mnist.sh full $(ARGS)
 
 reproduce-mnist-quick: install  ## reduced MNIST suite (37 runs of 40 steps, about 35 min on CPU)

@@ -112,3 +112,20 @@ def test_report_prunes_figure_dirs_of_runs_it_left_out(tmp_path):
     assert not stale.exists() and (foreign / "notes.txt").exists()
     assert set(res["pairs"]) <= {p.name for p in (out / "pairs").iterdir()}
     assert any("gone_seed=0" in n for n in res["notes"])
+
+
+def test_saved_figures_are_byte_identical_across_runs(tmp_path, monkeypatch):
+    """A redrawn report does not change committed PDFs: no creation timestamp in them."""
+    import time
+
+    from qatrun.report.figures import save
+
+    digests = []
+    for i in range(2):
+        monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)  # a fixed date would hide a timestamp
+        fig, ax = plt.subplots()
+        ax.plot([1, 2, 3])
+        (pdf,) = save(fig, tmp_path / str(i), "f", ["pdf"])
+        digests.append(open(pdf, "rb").read())
+        time.sleep(1.1)  # a timestamp would differ by now
+    assert digests[0] == digests[1]

@@ -69,7 +69,8 @@ def save(fig, out_dir: Path, name: str, formats) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.{ext}" for ext in formats]
     for p in paths:
-        fig.savefig(p, dpi=150 if p.suffix == ".png" else 300)  # pdf: dpi of the rasterized scatter only
+        meta = {"CreationDate": None} if p.suffix == ".pdf" else None  # same figure, same bytes: no timestamp
+        fig.savefig(p, dpi=150 if p.suffix == ".png" else 300, metadata=meta)  # pdf: dpi of the rasterized scatter
     plt.close(fig)
     return list(map(str, paths))
 
