@@ -14,10 +14,9 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from .figures import OKABE_ITO, series, who
-from .runs import Run
+from .runs import Run, map_words, optimizer_words
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)  # drift_table reads the curves at the logged steps nearest these
-MAP_WORDS = {"mirror": "through M", "identity": "through the identity"}
 
 
 def select(runs: list[Run], selectors: list[str]) -> list[Run]:
@@ -34,9 +33,7 @@ def select(runs: list[Run], selectors: list[str]) -> list[Run]:
 
 def short_label(run: Run) -> str:
     """Optimizer and twin in a few words, e.g. 'SGD: STE twin from M(w0), lr × 0.61'."""
-    opt = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}.get(str(run.flat.get("optimizer.name")),
-                                                               str(run.flat.get("optimizer.name")))
-    return f"{opt}: {who(run)[1]}"
+    return f"{optimizer_words(run.flat.get('optimizer.name'))}: {who(run)[1]}"
 
 
 def curve(run: Run, key: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -127,5 +124,5 @@ def drift_markdown(rows: list[dict]) -> list[str]:
     for row in rows:
         cells = [f"{pct(a['mover_agreement'])} ({pct(a['mover_agreement_untrained'])}) / {num(a['alignment_error'])}"
                  for a in row["at"]]
-        out.append(f"| {row['label']} ({MAP_WORDS.get(row['map'], row['map'])}) | " + " | ".join(cells) + " |")
+        out.append(f"| {row['label']} ({map_words(row['map'])}) | " + " | ".join(cells) + " |")
     return out + [""]

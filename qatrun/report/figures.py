@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from .runs import Run
+from .runs import Run, optimizer_words
 
 OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
 EST_C, TWIN_C, DIFF_C = OKABE_ITO[0], OKABE_ITO[1], "#333333"
@@ -53,7 +53,7 @@ def who(run: Run) -> tuple[str, str]:
 def subtitle(run: Run) -> str:
     """What else ran, in words: optimizer, learning rate, steps, seed."""
     f = run.flat
-    opt = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}.get(str(f.get("optimizer.name")), f.get("optimizer.name"))
+    opt = optimizer_words(f.get("optimizer.name"))
     bits = [f"{opt}" + (f" at lr {f['optimizer.lr']:g}" if isinstance(f.get("optimizer.lr"), float) else "")]
     bits += [f"{run.summary['steps']} steps"] if run.summary.get("steps") else []
     bits += [f"seed {f['seed']}"] if f.get("seed") is not None else []

@@ -15,12 +15,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .figures import OKABE_ITO
-from .runs import Run, label_keys, make_labels, stats, uninformative
+from .runs import Run, label_keys, make_labels, map_words, optimizer_words, stats, uninformative
 
 
 def describe(run: Run) -> str:
-    opt = str(run.flat.get("optimizer.name"))
-    opt = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}.get(opt, opt)
+    opt = optimizer_words(run.flat.get("optimizer.name"))
     twin, init = run.summary.get("twin", run.flat.get("pair.twin")), run.summary.get("twin_init")
     lr_warp = abs(run.value("twin_lr_factor") - 1) > 1e-12
     if twin == "self":
@@ -72,9 +71,6 @@ def lr_law(runs: list[Run], family_by, notes: list) -> dict:
     return result
 
 
-MAP_WORDS = {"mirror": "through M", "identity": "through the identity"}
-
-
 def fig_lr_law(law: dict):
     """Two log-log panels against the lr: 1 - agreement over movers, and the alignment error through the
     map the theory predicts for each family; dashed: the fitted power law; hollow squares: a jitter floor
@@ -110,7 +106,7 @@ def fig_lr_law(law: dict):
     handles = [Line2D([], [], color=c, marker=mk, mfc="none" if mk == "s" else c, ls="--", lw=1,
                       label=f"{label}: slopes {slope(law[label], 'mover_disagreement')} (movers), "
                             f"{slope(law[label], 'alignment_error')} (alignment, "
-                            f"{MAP_WORDS.get(law[label].get('alignment_map'), law[label].get('alignment_map'))})")
+                            f"{map_words(law[label].get('alignment_map'))})")
                for label, (c, mk) in style.items()]
     if clipped_any:
         handles.append(Line2D([], [], color="0.4", marker="v", mfc="none", ls="none", label="0 measured (drawn at floor)"))

@@ -15,6 +15,20 @@ BARE = ("experiment_name", "optimizer.name", "pair.twin", "estimator.name", "twi
 ALWAYS = ("optimizer.name", "pair.twin")  # always in automatic labels (unless named experiments differ)
 
 
+OPTIMIZER_WORDS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+MAP_WORDS = {"mirror": "through M", "identity": "through the identity"}  # summary's alignment_map, in words
+
+
+def optimizer_words(name) -> str:
+    return OPTIMIZER_WORDS.get(str(name), str(name))
+
+
+def map_words(alignment_map) -> str:
+    """``alignment_map`` of a summary in words; a run that predates the key was measured through M."""
+    m = str(alignment_map or "mirror")
+    return MAP_WORDS.get(m, m)
+
+
 def ignored(key: str) -> bool:
     """Config keys that never separate comparisons: the operational ones, and the seed itself."""
     return is_operational(key) or key == "seed"

@@ -18,7 +18,7 @@ paragraphs so that prose quoting the results is generated from them.
 
 from __future__ import annotations
 
-from .runs import Run, ignored, stats
+from .runs import Run, ignored, map_words, stats
 
 SUPPORTS, PARTLY = 0.75, 0.25
 METRIC = "pair/mover_agreement"
@@ -147,9 +147,8 @@ def findings_markdown(vs: list[dict], law: dict, drift_lines: list[str] = ()) ->
     if law:
         lines.append("Learning-rate law (log-log slope against the lr, fitted to the mean over seeds at each lr):\n")
         for fam, d in sorted(law.items()):
-            through = "M" if d.get("alignment_map", "mirror") == "mirror" else "the identity"
             names = {"mover_disagreement": "1 - mover agreement", "disagreement": "1 - overall agreement",
-                     "alignment_error": f"alignment error (through {through})"}
+                     "alignment_error": f"alignment error ({map_words(d.get('alignment_map'))})"}
             slopes = [f"{name} {d[k]['slope']:.2f}" for k, name in names.items()
                       if isinstance(d.get(k), dict) and d[k].get("slope") is not None]
             n = d.get("n_seeds") or []
