@@ -59,6 +59,10 @@ def load_for_resume(run_dir, config: dict) -> dict | None:
 
 
 def restore_rng(blob: dict) -> None:
+    """The saved CPU RNG state, and the saved CUDA states of the devices this machine has: a resume on
+    fewer GPUs (allowed: it does not change the math) restores GPUs 0 .. n-1 and drops the rest; GPUs
+    beyond the saved ones keep their own state."""
     torch.set_rng_state(blob["rng"]["cpu"])
     if "cuda" in blob["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+        for i, state in enumerate(blob["rng"]["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, i)

@@ -50,7 +50,9 @@ class QuantMixin:
         self.estimator = estimator
         self.m = estimator.grid.init_range(self.weight, scale)
         # Saved with the state dict so a checkpoint records the grid it was trained on.
-        self.register_buffer("qrange", torch.tensor(self.m, dtype=torch.float32), persistent=True)
+        # On the weight's device: quantize_model applied to a model already on the GPU (or on meta) keeps it there.
+        self.register_buffer("qrange", torch.tensor(self.m, dtype=torch.float32, device=self.weight.device),
+                             persistent=True)
 
     @property
     def grid(self) -> Grid:

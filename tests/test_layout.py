@@ -11,7 +11,8 @@ PKG = Path(__file__).resolve().parents[1] / "qatrun"
 # Floors, bottom up: a module may import only from strictly lower floors (or, inside a
 # subpackage, from its own siblings when that makes no circle).
 FLOORS = [
-    {"qatrun", "qatrun.checks", "qatrun.files", "qatrun.config", "qatrun.registry", "qatrun.shapes", "qatrun.schema"},
+    {"qatrun", "qatrun.checks", "qatrun.files", "qatrun.config", "qatrun.registry", "qatrun.shapes", "qatrun.schema",
+     "qatrun.device"},
     {"qatrun.quant", "qatrun.dist", "qatrun.tblog", "qatrun.record"},
     {"qatrun.estimators", "qatrun.metrics", "qatrun.models", "qatrun.data", "qatrun.optim", "qatrun.checkpoint"},
     {"qatrun.layers"},

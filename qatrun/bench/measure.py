@@ -48,11 +48,11 @@ def measure_memory(runner, device: torch.device, resident_gpu: int | None, pair:
 
     if device.type == "cuda":
         sync(device)
-        start = torch.cuda.memoryallocated(device)
+        start = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         one()
         sync(device)
-        transient = torch.cuda.max_memoryallocated(device) - start
+        transient = torch.cuda.max_memory_allocated(device) - start
         out.update(resident_bytes=resident_gpu, resident_method="measured memory_allocated growth (build + warm-up)",
                    transient_method="torch.cuda.max_memory_allocated")
     else:

@@ -156,13 +156,16 @@ class PeriodicEstimator(Estimator):
         g = torch.where(inside, self.shape(f), torch.zeros_like(f))
         if self.clip != (-1.0, 1.0):
             passes = (w >= self.clip[0] * m) & (w <= self.clip[1] * m)
-            g = torch.where(passes, torch.where(inside, g, torch.full_like(g, self.alpha)), torch.zeros_like(g))
+            g = torch.where(passes, torch.where(inside, g, torch.full_like(g, self._clip_alpha)), torch.zeros_like(g))
         return g.to(w.dtype)
 
     def with_clip(self, lo: float, hi: float) -> "PeriodicEstimator":
-        """A copy that passes gradients on ``[lo * m, hi * m]`` (the plain range when within EDGE_TOL of it)."""
+        """A copy that passes gradients on ``[lo * m, hi * m]`` (the plain range when within EDGE_TOL of it).
+        alpha (g between ``[-m, m]`` and the clip) is computed here once, not in every backward."""
         out = copy.copy(self)
         out.clip = (-1.0, 1.0) if abs(lo + 1) < EDGE_TOL and abs(hi - 1) < EDGE_TOL else (float(lo), float(hi))
+        if out.clip != (-1.0, 1.0):
+            out._clip_alpha = float(out.alpha)
         return out
 
     @property

@@ -162,6 +162,11 @@ class Custom(PeriodicEstimator):
     alpha and M come from the cumulative integral of 1/shape on ``resolution`` cells (midpoint
     rule, fp64), interpolated linearly and anchored at the threshold u = 1/2, so thresholds are
     fixed exactly. A shape that reaches zero (or goes negative) inside the bin is outside the class.
+
+    The shape is validated once, here, on the table's nodes (a tensor shaped like its input, finite):
+    ``shape`` in the backward of every quantized layer calls it bare, with no host sync, so
+    ``torch.compile`` keeps the layer in one graph. alpha is computed once, and the fp64 table is
+    copied once to each device that asks for it.
     """
 
     def __init__(self, grid: Grid, shape=None, resolution: int = 2**18):
@@ -190,6 +195,8 @@ class Custom(PeriodicEstimator):
         cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(1.0 / vals, 0) / n])
         self._table = cum - cum[n // 2]  # F at the nodes j/n, zero at the threshold u = 1/2
         self._n = n
+        self._tables = {self._table.device: self._table}  # device -> the table there (shared by copies)
+        self._alpha = 1.0 / float(self._table[n] - self._table[0])
 
     def _call(self, u: torch.Tensor) -> torch.Tensor:
         try:
@@ -210,10 +217,23 @@ class Custom(PeriodicEstimator):
         return {"shape": self.shape_name}
 
     def shape(self, f):
-        return self._call(f)
+        return self._fn(f).to(f.dtype)  # validated at construction (``_call``)
+
+    @property
+    def alpha(self) -> float:
+        if not self.in_class:
+            self._refuse("learning-rate factor alpha")
+        return self._alpha
+
+    def table(self, device: torch.device) -> torch.Tensor:
+        """The fp64 table of ``F`` on ``device``, copied there once."""
+        t = self._tables.get(device)
+        if t is None:
+            t = self._tables[device] = self._table.to(device)
+        return t
 
     def antiderivative(self, f):
-        table = self._table.to(f.device)
+        table = self.table(f.device)
         x = f.to(torch.float64).clamp(0, 1) * self._n
         j = torch.floor(x).clamp_(max=self._n - 1)
         t = x - j
