@@ -7,25 +7,41 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 ARGS   ?=
 NGPU   ?= 1
 
-.PHONY: help install run test bench reproduce-mnist reproduce-mnist-quick reproduce-imagenet report-mnist clean
+.PHONY: help install run test test-fast docs bench reproduce-mnist reproduce-mnist-quick reproduce-imagenet report-mnist clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## create .venv with torch, torchvision and qatrun (editable)
+install: $(STAMP)  ## create .venv with torch, torchvision, qatrun (editable) and the test and docs tools
+
+# Quiet: one line per step and the time it took; pip's warnings and errors still show. PIP_ENV drops
+# setuptools' notice that an editable install uses a meta path finder (needed for configs/ ->
+# qatrun.configs), an InformationOnly message; tests/test_packaging.py installs with the same.
+PIP_ENV := PYTHONWARNINGS="ignore:Editable installation"
 
 $(STAMP): pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	@start=$$(date +%s); set -e; \
+	echo "make install: virtual environment $(abspath $(VENV))"; \
+	python3 -m venv $(VENV); \
+	$(PY) -m pip install -q --upgrade pip; \
+	echo "  $(TORCH)"; \
+	$(PY) -m pip install -q $(TORCH); \
+	echo "  qatrun $$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) (editable, from $(CURDIR)) with its dependencies and the [test,docs] extras"; \
+	$(PIP_ENV) $(PY) -m pip install -q -e '.[test,docs]'; \
+	touch $(STAMP); \
+	echo "make install: done in $$(( $$(date +%s) - start )) s; commands in $(abspath $(VENV))/bin (qatrun, qatrun-report, qatrun-bench)"
 
 run: install  ## train the default pair (tanh vs adjusted STE, SGD, MNIST); ARGS="key=value ..."
 	$(VENV)/bin/qatrun $(ARGS)
 
-test: install  ## run the test suite (CPU; CUDA tests skip without a GPU)
+test: install  ## the full test suite, as CI runs it, docs build included (CPU; CUDA tests skip without a GPU)
 	$(VENV)/bin/pytest -q $(ARGS)
+
+test-fast: install  ## the inner loop: every test not marked slow (under 2 min on 2 cores)
+	$(VENV)/bin/pytest -q -m "not slow" $(ARGS)
+
+docs: install  ## serve the documentation site at http://127.0.0.1:8000 (mkdocs serve; ARGS=-a host:port)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve $(ARGS)
 
 bench: install  ## benchmark the pair against plain PyTorch (writes results/bench.json)
 	$(VENV)/bin/qatrun-bench $(ARGS)

@@ -18,6 +18,7 @@ def run(tmp_path, name, *overrides):
     return train(make_cfg(*SMALL, *overrides), tmp_path / name)
 
 
+@pytest.mark.slow
 def test_an_explicit_ste_twin_estimator_is_todays_twin_exactly(tmp_path):
     today = run(tmp_path, "auto")
     explicit = run(tmp_path, "ste", "estimator@twin_estimator=ste")
@@ -27,6 +28,7 @@ def test_an_explicit_ste_twin_estimator_is_todays_twin_exactly(tmp_path):
     assert today["twin_estimator"] == "ste" and today["twin_map"] == "tanh(k=5.5)"
 
 
+@pytest.mark.slow
 def test_tanh_against_tanh(tmp_path):
     """tanh k=5.5 against tanh k=2.5: warped, the twin starts at M_B^{-1}(M_A(w0)) and trains at
     alpha_A / alpha_B times the lr, and tracks the run far better than unwarped."""
@@ -58,6 +60,7 @@ def test_twin_estimator_errors():
     assert resolve_twin("nowarp", A, True, twin_estimator=E.create("ewgs", bits=2, delta=0.2)).init == "identity"
 
 
+@pytest.mark.slow
 def test_asymmetric_shape_aligns_as_well_as_a_symmetric_one(tmp_path):
     """``sine`` is ``cosine`` moved a quarter bin (same alpha): M moves the clipping edges, so the twin must
     pass gradients on [M(-m), M(m)]. With that, it aligns about as well as the symmetric shape; with the
@@ -78,6 +81,7 @@ def test_clip_range_passes_gradients_between_m_and_the_mapped_edge():
     assert twin.grad(w, m).tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["qnet", "approxsign", "dsq_anneal"])
 def test_literature_presets_train_against_their_twins(tmp_path, preset):
     s = run(tmp_path, preset, f"experiment={preset}", "trainer.max_steps=5", "trainer.eval_every=5")

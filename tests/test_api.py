@@ -14,6 +14,7 @@ from tests.conftest import TINY
 SHORT = [t for t in TINY if not t.startswith("trainer.max_steps")] + ["trainer.max_steps=4"]
 
 
+@pytest.mark.slow
 def test_run_with_a_list_returns_the_summary(tmp_path):
     s = qatrun.run(SHORT, run_dir=tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -21,6 +22,7 @@ def test_run_with_a_list_returns_the_summary(tmp_path):
     assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_run_with_keyword_arguments(tmp_path):
     s = qatrun.run(SHORT, run_dir=tmp_path / "run", seed=1, trainer__max_steps=2, optimizer="adam",
                    **{"dataset.train_subset": 500})
@@ -42,6 +44,7 @@ def test_run_default_directory_and_errors(tmp_path, monkeypatch):
     assert (run / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_shape_from_the_current_directory(tmp_path):
     pkg = tmp_path / "mypkg"
     pkg.mkdir()

@@ -24,6 +24,7 @@ def _pos_finite(v):
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
+@pytest.mark.slow
 def test_cli_writes_every_field(tmp_path, capsys):
     out = tmp_path / "sub" / "bench.json"
     assert bench.main([*TINY, "--out", str(out), "--quiet", "--profile"]) is None  # console script: exit 0
@@ -72,6 +73,7 @@ def tiny_case():
     return measure.run_case(case, warmup=2, steps=2, rounds=1, log_every=2, verbose=False, keep=True)
 
 
+@pytest.mark.slow
 def test_pair_trains_both_runs_in_lockstep(tiny_case):
     loop = tiny_case["_runners"]["pair"]
     pair = loop.pair
@@ -103,6 +105,7 @@ def test_pair_trains_both_runs_in_lockstep(tiny_case):
     assert all(math.isfinite(v) for v in history["est/loss"] + history["twin/loss"])
 
 
+@pytest.mark.slow
 def test_single_and_plain_train_and_plain_is_plain_torch(tiny_case):
     runners = tiny_case["_runners"]
     single = runners["single"]
@@ -129,6 +132,7 @@ def test_case_selection():
         cli.parse_args(["--steps", "0"])
 
 
+@pytest.mark.slow
 def test_steps_default_to_the_configs_log_every():
     with initialize_config_module("qatrun.configs", version_base="1.3"):
         log_every = compose("config").trainer.log_every
@@ -138,6 +142,7 @@ def test_steps_default_to_the_configs_log_every():
     assert res["_runners"]["pair"].rec.history["log_step"] == [log_every, log_every + 2]
 
 
+@pytest.mark.slow
 def test_package_entry_points():
     assert bench.main is cli.main and bench.run is cli.run and bench.run_case is measure.run_case
     done = subprocess.run([sys.executable, "-m", "qatrun.bench", "--help"], capture_output=True, text=True,

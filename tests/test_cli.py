@@ -37,12 +37,14 @@ def finished(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_resume_a_typo_is_refused_and_creates_nothing(tmp_path):
     line = refused(tmp_path, "resume=outputs/typo")
     assert "resume=outputs/typo: no qatrun checkpoint there" in line and "checkpoint.pt" in line
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_resume_alone_continues_with_the_saved_config(finished, tmp_path):
     before = (finished / "summary.json").read_bytes()
     (finished / "summary.json").unlink()
@@ -54,6 +56,7 @@ def test_resume_alone_continues_with_the_saved_config(finished, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no Hydra run directory for a resume
 
 
+@pytest.mark.slow
 def test_resume_with_agreeing_and_changed_overrides(finished, tmp_path):
     line = refused(tmp_path, f"resume={finished}", "dataset.train_subset=2000", "seed=3", "optimizer=adam")
     assert "config differs" in line and "seed (saved 0, given 3)" in line and "optimizer (saved sgd, given adam)" in line
@@ -75,6 +78,7 @@ BAD = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", BAD)
 def test_user_errors_exit_2_in_one_line_before_any_work(tmp_path, args, message):
     assert message in refused(tmp_path, *args)

@@ -12,6 +12,7 @@ from tests.conftest import TINY
 ARGS = [*[t for t in TINY if "max_steps" not in t], "trainer.max_steps=10", "trainer.changepoints=false"]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_single_process(tmp_path):
     single = subprocess.run([sys.executable, "-m", "qatrun", *ARGS, f"hydra.run.dir={tmp_path / 'one'}"],
                             capture_output=True, text=True, timeout=600)

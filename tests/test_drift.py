@@ -114,6 +114,7 @@ def test_report_prunes_figure_dirs_of_runs_it_left_out(tmp_path):
     assert any("gone_seed=0" in n for n in res["notes"])
 
 
+@pytest.mark.slow
 def test_saved_figures_are_byte_identical_across_runs(tmp_path, monkeypatch):
     """A redrawn report does not change committed PDFs: no creation timestamp in them."""
     import time

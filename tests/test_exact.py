@@ -94,6 +94,7 @@ def test_level_bounds_are_exact():
             assert torch.equal(est.grid.level_index(torch.nextafter(hi[:-1], hi[:-1] + 1), m), j[1:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_mirror_exact_on_dense_combs(bits):
     checked, fan_ins = 0, FAN_INS if bits <= 6 else FAN_INS[::3]  # 7-8 bits: 6 fan-ins (the combs are long)
@@ -108,6 +109,7 @@ def test_mirror_exact_on_dense_combs(bits):
     assert checked >= len(fan_ins) * 4 * (2**bits - 1) * 81
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 def test_mirror_exact_in_other_dtypes(dtype):
     for bits in (1, 2, 4):
@@ -118,6 +120,7 @@ def test_mirror_exact_in_other_dtypes(dtype):
                 assert torch.equal(est.grid.level_index(ref.mirror(w, m), m), est.grid.level_index(w, m))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [1, 2, 4])
 def test_warp_exact_for_every_pair(bits):
     """``Q(M_B^{-1}(M_A(w))) == Q(w)`` for every A, B with a mirror map; ``M_B(M_B^{-1}(y)) = y`` in fp64."""
@@ -151,6 +154,7 @@ def tiny_pair(A, twin, mode="full", seed=0, model=None):
                 optimizer_options={"momentum": 0.9, "nesterov": False, "weight_decay": 0.0})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [1, 2, 4])
 def test_step0_invariants_for_every_pair(bits):
     """Quantized agreement exactly 1 and alignment distance exactly 0 at step 0, for every A-B pair of the

@@ -33,6 +33,7 @@ def imagenet_cfg(root, *extra):
         "trainer.checkpoint_every=3", "trainer.progress=false", "device=cpu", *extra, tiny=False)
 
 
+@pytest.mark.slow
 def test_resnet18_pair_on_imagefolder_tree(tree, tmp_path):
     s = train(imagenet_cfg(tree), tmp_path)
     layer_keys = [k for k in s if k.startswith("layers/") and k.endswith("quantized_agreement")]
@@ -62,6 +63,7 @@ def test_imagenet_missing_root(tmp_path):
         train(imagenet_cfg(tmp_path / "nope"), tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_synthetic_pair_learns(tmp_path):
     s = train(make_cfg("dataset=synthetic", "dataset.num_classes=10", "dataset.image_size=28", "dataset.channels=1",
                        "dataset.batch_size=64", "dataset.eval_batch_size=128", "dataset.length=1280",

@@ -65,6 +65,7 @@ def test_small_cnn_quantize_and_backward():
         assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_resnet_quantize_convs_only(name):
     torch.manual_seed(0)

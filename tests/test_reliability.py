@@ -42,18 +42,21 @@ def reference(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_same_seed_same_summary(reference, tmp_path):
     out = cli(*KILLABLE, f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "summary.json").read_bytes() == (reference / "summary.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_other_seed_differs(reference, tmp_path):
     s = train(make_cfg(*KILLABLE[:-2], "trainer.max_steps=40", "seed=1"), tmp_path)
     ref = json.loads((reference / "summary.json").read_text())
     assert s["est/test_loss"] != ref["est/test_loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trial", range(2))
 def test_sigkill_then_resume_is_bitwise_identical(reference, tmp_path, trial):
     run_dir = tmp_path / "run"
@@ -79,6 +82,7 @@ def test_sigkill_then_resume_is_bitwise_identical(reference, tmp_path, trial):
         assert steps == ref_steps, (tag, step)  # no duplicated, no missing points
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_math(reference, tmp_path):
     import shutil
 
@@ -89,6 +93,7 @@ def test_resume_refuses_changed_math(reference, tmp_path):
     assert "config differs" in line and "estimator.k" in line and "optimizer.lr" in line
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoints(reference, tmp_path):
     good = (reference / "checkpoint.pt").read_bytes()
     cases = {"truncated": good[: len(good) // 2], "garbage": b"not a checkpoint at all" * 10}
@@ -108,6 +113,7 @@ def test_corrupt_checkpoints(reference, tmp_path):
     assert (tmp_path / "truncated" / "checkpoint.pt").read_bytes() == cases["truncated"]  # nothing overwritten
 
 
+@pytest.mark.slow
 def test_checkpoint_from_another_model(tmp_path):
     from qatrun import checkpoint as ck
 
@@ -155,12 +161,14 @@ def test_bad_input_clear_error(tmp_path, overrides, message):
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,message", [BAD[0], BAD[4], BAD[11]])
 def test_cli_user_error_is_one_line_without_traceback(tmp_path, overrides, message):
     line = user_error(cli(*TINY, *overrides, f"hydra.run.dir={tmp_path}", timeout=120))
     assert message in line
 
 
+@pytest.mark.slow
 def test_unknown_config_group_option_lists_choices(tmp_path):
     line = user_error(cli(*TINY, "estimator=dsq", f"hydra.run.dir={tmp_path / 'run'}"))
     assert ("estimator=dsq: no such option; valid estimator options: approxsign, custom, dsq_anneal, ewgs, pwl, "
@@ -189,6 +197,7 @@ def test_dataset_root_problems(tmp_path):
         train(make_cfg(f"dataset.root={tmp_path / 'bad'}"), tmp_path / "run_bad2")
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     from qatrun.data import MnistData
     from qatrun.train import TrainingError
@@ -207,12 +216,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert not (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_cli_one_line(tmp_path):
     line = user_error(cli(*TINY, "optimizer.lr=1e30", "trainer.warmup_frac=0", "trainer.max_steps=6",
                           f"hydra.run.dir={tmp_path}"))
     assert "NaN or Inf at step" in line and "run's loss" in line
 
 
+@pytest.mark.slow
 def test_unwritable_output_dir(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
@@ -225,6 +236,7 @@ def test_unwritable_output_dir(tmp_path):
     assert blocker.read_text() == "x"
 
 
+@pytest.mark.slow
 def test_rerun_into_existing_directory_continues(tmp_path):
     """A multirun job re-run into its directory picks up its checkpoint instead of starting over."""
     cfg = make_cfg("trainer.max_steps=10", "trainer.checkpoint_every=5")

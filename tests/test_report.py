@@ -107,6 +107,7 @@ def law(tmp_path_factory):
     return json.loads((out / "lr_law.json").read_text()), out
 
 
+@pytest.mark.slow
 def test_pair_figures_exist(tree):
     _, out = tree
     pairs = out / "pairs"
@@ -132,6 +133,7 @@ def test_pair_figures_exist(tree):
     assert json.loads((out / "lr_law.json").read_text()) == {}
 
 
+@pytest.mark.slow
 def test_table(tree):
     _, out = tree
     lines = (out / "table.md").read_text().splitlines()
@@ -161,6 +163,7 @@ def test_table(tree):
     assert none["Quantized agreement"] == "—" and none["Est. accuracy"] == "0.9000"
 
 
+@pytest.mark.slow
 def test_csv_and_summary(tree):
     _, out = tree
     csv_lines = (out / "table.csv").read_text().splitlines()
@@ -205,6 +208,7 @@ def test_lr_law_zero_disagreement_is_clipped(tmp_path):
     assert (tmp_path / "out" / "lr_law.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_label_by_and_family_by(tmp_path):
     for i, lr in enumerate([0.01, 0.02, 0.04]):
         write_run(tmp_path / "runs" / str(i), lr=lr, qa=1 - lr, ae=lr, weights=False)
@@ -341,6 +345,7 @@ def test_old_weight_sample_without_levels(tmp_path):
     assert load_weights(tmp_path / "old.pt") is None
 
 
+@pytest.mark.slow
 def test_report_over_two_real_tiny_runs(tmp_path):
     """Two real (tiny) runs through the trainer, then the report: figures and every table column."""
     from qatrun.report import main as report_main

@@ -18,6 +18,7 @@ def test_progress_line():
     assert progress(3, 4, 120.0) == "job 3/4, elapsed 2m00s, about 2m00s left"  # 60 s a job, 2 to go
 
 
+@pytest.mark.slow
 def test_bad_points_are_listed_and_nothing_launches(tmp_path):
     line = refused(tmp_path, "-m", *SHORT, "estimator.bits=3,2", "optimizer.lr=0.01,-1")
     assert "3 of 4 sweep points are invalid; nothing was launched" in line
@@ -27,6 +28,7 @@ def test_bad_points_are_listed_and_nothing_launches(tmp_path):
     assert "[estimator.bits=2 optimizer.lr=0.01]" not in out.stderr  # the good point is not listed
 
 
+@pytest.mark.slow
 def test_resume_in_a_sweep_is_refused(tmp_path):
     assert "to resume a sweep, run the same sweep again" in refused(tmp_path, "-m", "seed=0,1", f"resume={tmp_path}")
 
@@ -69,6 +71,7 @@ def test_joblib_launcher_runs_points_in_parallel(tmp_path):
     assert "| sgd auto |" in (tmp_path / "sweep" / "report" / "table.md").read_text()  # both seeds in one row
 
 
+@pytest.mark.slow
 def test_single_run_named_by_estimator_and_optimizer(tmp_path):
     out = run_in(tmp_path, *SHORT, "estimator=pwl", "optimizer=adam")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -76,6 +79,7 @@ def test_single_run_named_by_estimator_and_optimizer(tmp_path):
     assert run.name.endswith("_pwl_adam")
 
 
+@pytest.mark.slow
 def test_failure_before_the_first_step_leaves_no_run_directory(tmp_path):
     empty = tmp_path / "no_data"
     empty.mkdir()

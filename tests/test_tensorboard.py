@@ -19,6 +19,7 @@ def events(tmp_path_factory):
     return EventAccumulator(str(d / "tb")).Reload()
 
 
+@pytest.mark.slow
 def test_custom_scalars_overlay_est_and_twin(events):
     (content,) = events.PluginTagToContent("custom_scalars").values()
     layout = layout_pb2.Layout()
@@ -34,6 +35,7 @@ def test_custom_scalars_overlay_est_and_twin(events):
     assert {"pair/quantized_agreement", "pair/inference_agreement", "pair/sequence_agreement"} <= set(agreement)
 
 
+@pytest.mark.slow
 def test_hparams_resolved_and_no_duplicated_scalars(events):
     data = events.PluginTagToContent("hparams")
     start = next(plugin_data_pb2.HParamsPluginData.FromString(v).session_start_info

@@ -26,6 +26,7 @@ def sgd_pairs(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_step0_invariants(sgd_pairs):
     for key in ("auto", "ste"):
         h = sgd_pairs[key]["history"]
@@ -36,6 +37,7 @@ def test_step0_invariants(sgd_pairs):
         assert len(h["log_step"]) == 4  # steps 5, 10, 15, 20
 
 
+@pytest.mark.slow
 def test_warped_sgd_pair_agrees_and_beats_unwarped_control(sgd_pairs):
     auto, ste = sgd_pairs["auto"], sgd_pairs["ste"]
     assert auto["twin_init"] == "mirror" and auto["twin_lr_factor"] == pytest.approx(0.609523, abs=1e-6)
@@ -55,6 +57,7 @@ def test_warped_sgd_pair_agrees_and_beats_unwarped_control(sgd_pairs):
     assert auto["alignment_map"] == "mirror" and ste["alignment_map"] == "identity"
 
 
+@pytest.mark.slow
 def test_adam_pair_is_unwarped(tmp_path):
     s = run(tmp_path, "adam", "optimizer=adam", "optimizer.lr=1e-3")
     assert s["twin_init"] == "identity" and s["twin_lr_factor"] == 1.0
@@ -65,6 +68,7 @@ def test_adam_pair_is_unwarped(tmp_path):
     assert s["pair/quantized_agreement_untrained"] < 0.99  # so overall agreement alone would say little
 
 
+@pytest.mark.slow
 def test_event_file_and_summary(sgd_pairs):
     d = sgd_pairs["dir"] / "auto"
     ea = EventAccumulator(str(d / "tb"), size_guidance={"histograms": 0, "tensors": 0}).Reload()
@@ -112,6 +116,7 @@ def test_twin_lr_groups(cfg_factory, tmp_path):
         resolve_twin("nope", est, optimizer_warps=True)
 
 
+@pytest.mark.slow
 def test_multirun_one_summary_per_job(tmp_path):
     cmd = [sys.executable, "-m", "qatrun", "-m", "optimizer=sgd,adam", "estimator.k=2.5,5.5",
            *[t.replace("max_steps=20", "max_steps=4") for t in TINY], "trainer.changepoints=false",
@@ -125,6 +130,7 @@ def test_multirun_one_summary_per_job(tmp_path):
     assert combos == {("sgd", 2.5), ("sgd", 5.5), ("adam", 2.5), ("adam", 5.5)}
 
 
+@pytest.mark.slow
 def test_compiled_pair_matches_eager(tmp_path):
     """compile=true (torch.compile of each model) gives the eager figures within fp tolerance."""
     common = ["trainer.max_steps=3", "trainer.eval_every=3", "trainer.changepoints=false"]
@@ -135,6 +141,7 @@ def test_compiled_pair_matches_eager(tmp_path):
     assert compiled["pair/alignment_error"] == pytest.approx(eager["pair/alignment_error"], rel=0.05)
 
 
+@pytest.mark.slow
 def test_compiled_pairs_of_two_estimators_in_one_process(tmp_path):
     """A sweep runs its jobs in one process: a compiled 1-bit pair, then a compiled 4-bit one (dynamo's
     caches from the first used to fail the second with an AssertionError inside torch._dynamo)."""
@@ -145,6 +152,7 @@ def test_compiled_pairs_of_two_estimators_in_one_process(tmp_path):
     assert four["steps"] == 2 and 0.0 <= four["pair/quantized_agreement"] <= 1.0
 
 
+@pytest.mark.slow
 def test_curve_correlations_need_five_points(sgd_pairs, tmp_path):
     few = sgd_pairs["auto"]  # 4 logged losses (steps 5..20), 3 evals (0, 10, 20): nothing to correlate
     assert len(few["history"]["log_step"]) == 4
