@@ -17,7 +17,9 @@ from qatrun import bench
 from qatrun.bench import cases, cli, measure
 from qatrun.layers import QuantMixin
 
-TINY = ["--cases", "cpu-small", "--batch", "8", "--warmup", "2", "--steps", "2", "--rounds", "1", "--log-every", "2"]
+TINY = ["--cases", "cpu-small", "--batch", "8", "--warmup", "2", "--steps", "2", "--rounds", "1", "--log-every", "2",
+        "--compiled", "off"]  # the compiled configs: tests/test_bench_compiled.py
+EAGER = dict(compiled_baseline=False, compiled_qat=False)
 
 
 def _pos_finite(v):
@@ -61,15 +63,16 @@ def test_cli_writes_every_field(tmp_path, capsys):
     assert {"est_step", "twin_step", "tracker"} <= set(p["sections_ms"]) and p["top_ops_self_cpu_ms"]
     assert any("QuantizeWeight" in k for k in p["quantizer_ms"])
     keys = {t["key"] for t in r["targets"]}
-    assert keys == {"pair_over_plain", "pair_peak_over_plain"}
+    assert keys == {"pair_over_plain", "pair_compiled_over_plain_compiled", "pair_peak_over_plain"}
     for t in r["targets"]:
-        assert t["pass"] is (t["value"] <= t["limit"])
+        assert t["pass"] is (None if t["value"] is None else t["value"] <= t["limit"])
+    assert [t["key"] for t in r["targets"] if t["value"] is None] == ["pair_compiled_over_plain_compiled"]
     assert [t["case"] for t in d["targets"]] == ["cpu-small"] * len(r["targets"])
 
 
 @pytest.fixture(scope="module")
 def tiny_case():
-    case = replace(cases.CASES["cpu-small"], batch=8)
+    case = replace(cases.CASES["cpu-small"], batch=8, **EAGER)
     return measure.run_case(case, warmup=2, steps=2, rounds=1, log_every=2, verbose=False, keep=True)
 
 
@@ -136,7 +139,8 @@ def test_case_selection():
 def test_steps_default_to_the_configs_log_every():
     with initialize_config_module("qatrun.configs", version_base="1.3"):
         log_every = compose("config").trainer.log_every
-    res = measure.run_case(replace(cases.CASES["cpu-small"], batch=8), warmup=1, rounds=1, verbose=False, keep=True)
+    res = measure.run_case(replace(cases.CASES["cpu-small"], batch=8, **EAGER), warmup=1, rounds=1, verbose=False,
+                           keep=True)
     assert res["steps_per_round"] == res["log_every"] == log_every
     # warm-up 1 step, timed steps 2..log_every + 1 (one log), then the memory pass's forced log
     assert res["_runners"]["pair"].rec.history["log_step"] == [log_every, log_every + 2]

@@ -10,8 +10,8 @@ the tanh estimator, SGD with momentum, the adjusted-STE twin of arXiv 2405.05171
 * ``plain`` (a): the float model trained with plain PyTorch only: ``build_model`` (plain
   ``nn.Module``\\ s), the config's optimizer (``torch.optim.SGD`` with its momentum) over one
   parameter group at the config's lr, cross-entropy, ``zero_grad(set_to_none)``, no lr scheduler,
-  same precision (autocast) and memory format as the qatrun runs. On CUDA also ``plain_compiled``
-  (the same step with ``torch.compile(model)``).
+  same precision (autocast) and memory format as the qatrun runs. Also ``plain_compiled`` (the
+  same step with ``torch.compile(model)``) in cpu-small and the GPU cases.
 * ``single`` (b): one quantized qatrun run (the default config with ``pair.twin=none``), a
   ``pair.Pair`` built by the trainer's own ``train.build_pair``.
 * ``pair`` (c): the estimator run and its twin (``pair.twin=auto``) on the same batch, through the
@@ -21,6 +21,10 @@ the tanh estimator, SGD with momentum, the adjusted-STE twin of arXiv 2405.05171
   ``Pair.mean_losses`` (host sync) and ``train.log_figures`` (comparer metrics to floats, losses,
   lrs) kept by a ``record.Recorder`` without a TensorBoard writer. Evaluation and checkpoints are
   not part of the step and are not timed.
+* ``single_compiled``, ``pair_compiled`` (cpu-small): (b) and (c) with ``compile=true``, beside the
+  eager ones, so that ``pair_compiled / plain_compiled`` (target <= 2.10x, two float steps being
+  2.00x) is measured on the CPU too. A compiled pair resets dynamo when it is built, so every
+  compiled config runs one more iteration after the last build, before the timed rounds.
 
 Timing: every round runs ``--steps`` iterations (default: the logging interval, so each pair
 round holds exactly one logging step) of every config; ms/step is the median over rounds (the
@@ -34,7 +38,11 @@ GPU (no host sync; stream time between events). ``tracker`` (level indices of bo
 ``ChangePointTracker.update``) over the pair step is the change-point cost.
 
 Cases: ``cpu-small`` (small CNN, batch 600, what ``make bench`` runs without CUDA); with CUDA also
-``gpu-small128``, ``gpu-small600`` and ResNet-50 batch 256 channels_last in fp32 and bf16. The GPU
+``gpu-small128``, ``gpu-small600`` and ResNet-50 batch 256 channels_last in fp32 and bf16;
+``--cases scaling``: ``cpu-scale-small`` (small CNN, batch 64) and ``cpu-scale-r18`` (ResNet-18 at
+3x32x32, batch 64), eager, and a table (``scaling``) of ms/step and the change-point tracker's cost
+and bytes per quantized weight, to predict a larger model. ``--skip single`` spares a case a build
+(a ResNet-50 compile on the GPU); ``--compiled off`` drops the compiled configs. The GPU
 cases run the qatrun configs with ``compile=true`` (``pair.compile_step``: ``torch.compile`` of each
 model, default mode, so no CUDA graphs; a compile failure falls back to eager and is noted) and
 add ``plain_compiled``. The ``gpu-small128`` target (pair below one eager plain step) needs the
@@ -55,7 +63,8 @@ written to the JSON.
 
 Modules: ``cases`` (cases, targets, selection), ``runners`` (the configurations), ``timing``
 (syncs, section timers), ``measure`` (build, timed rounds, memory, profile: ``run_case``),
-``report`` (the printed table, metadata), ``cli`` (options, ``run``, ``main``).
+``report`` (the printed table, metadata), ``scaling`` (the scaling table), ``cli`` (options, ``run``,
+``main``).
 """
 
 from qatrun.bench.cases import CASES, Case, select_cases

@@ -13,6 +13,7 @@ from pathlib import Path
 from qatrun.bench.cases import CASES, select_cases
 from qatrun.bench.measure import run_case
 from qatrun.bench.report import device_name, format_case, meta
+from qatrun.bench.scaling import format_scaling, scaling_row
 from qatrun.files import jsonable
 
 
@@ -23,7 +24,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="auto",
                    help=f"comma-separated from {', '.join(CASES)}; 'auto' (default): cpu-small, plus every gpu-* "
-                        "case when CUDA is available; 'all': every case")
+                        "case when CUDA is available; 'scaling': the cpu-scale-* cases and their table; "
+                        "'all': every case")
     p.add_argument("--steps", type=int, default=None,
                    help="timed iterations per config per round (default: the logging interval, --log-every or the "
                         "config's trainer.log_every, so each pair round holds one log)")
@@ -34,6 +36,12 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=None, help="override every selected case's batch size")
     p.add_argument("--qat-compile", choices=("case", "on", "off"), default="case",
                    help="cfg.compile for the qatrun runs: the case's default (on for GPU cases), or force on/off")
+    p.add_argument("--compiled", choices=("case", "on", "off"), default="case",
+                   help="the compiled configs beside the others: plain_compiled, and on the CPU single_compiled "
+                        "and pair_compiled (case: cpu-small and the GPU cases have them; off: a quick eager run)")
+    p.add_argument("--skip", default="",
+                   help="comma-separated configs not to build, e.g. 'single' (spares a GPU case a compile); "
+                        "plain and pair are always timed")
     p.add_argument("--profile", dest="profile", action="store_true", default=None,
                    help="torch.profiler over one pair iteration (default: on for CPU cases)")
     p.add_argument("--no-profile", dest="profile", action="store_false")
@@ -62,13 +70,17 @@ def run(argv=None) -> dict:
             case = replace(case, batch=a.batch)
         if a.qat_compile != "case":
             case = replace(case, qat_compile=a.qat_compile == "on")
+        if a.compiled != "case":
+            on = a.compiled == "on"
+            case = replace(case, compiled_baseline=on, compiled_qat=on and not case.qat_compile)
         warmup = a.warmup if a.warmup is not None else (2 if case.device == "cpu" else 5)
         profile = a.profile if a.profile is not None else case.device == "cpu"
         if not a.quiet:
             print(f"[{case.name}] {case.describe()}", flush=True)
         t0 = time.perf_counter()
         res = run_case(case, warmup=warmup, steps=a.steps, rounds=a.rounds, log_every=a.log_every, profile=profile,
-                       verbose=not a.quiet, interleave=a.interleave)
+                       verbose=not a.quiet, interleave=a.interleave,
+                       skip=[s.strip() for s in a.skip.split(",") if s.strip()])
         res["device_name"] = device_name(case.device)
         res["wall_s"] = round(time.perf_counter() - t0, 1)
         out["cases"][case.name] = jsonable(res)
@@ -76,6 +88,12 @@ def run(argv=None) -> dict:
         if not a.quiet:
             print(texts[-1], flush=True)
     out["targets"] = [dict(case=n, **t) for n, r in out["cases"].items() for t in r["targets"]]
+    rows = [scaling_row(r) for r in out["cases"].values() if r["case"]["scaling"]]
+    if rows:
+        out["scaling"] = rows
+        texts.append(format_scaling(rows))
+        if not a.quiet:
+            print(texts[-1], flush=True)
     path = Path(a.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")

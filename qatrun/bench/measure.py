@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 
 import torch
+from omegaconf import OmegaConf
 
 from qatrun.bench.cases import Case, check_targets
 from qatrun.bench.runners import PlainStep, QatLoop, make_batch, make_cfg, without_compile
@@ -77,6 +78,15 @@ def _cpu_peak_from_profile(prof) -> int:
     tot = [e["args"].get("Total Allocated", 0) for e in events
            if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0]
     return max([0, *tot])
+
+
+def tracker_figures(pair) -> dict | None:
+    """The change-point tracker's size: weights tracked, state bytes (both runs), bytes per weight."""
+    t = pair.tracker
+    if t is None:
+        return None
+    nbytes = _storage_bytes(t.state.values())
+    return {"weights": t.numel, "state_bytes": nbytes, "bytes_per_weight": nbytes / max(t.numel, 1)}
 
 
 def profile_pair(runner: QatLoop, iterations: int = 1, top: int = 12) -> dict:
@@ -155,11 +165,32 @@ def _build_and_warm_up(name, build, compiled, eager, warmup, device, note, say):
     return r
 
 
-def build_runners(case: Case, cfg, x, y, warmup: int, say) -> tuple[dict, dict, dict]:
-    """Build and warm up every config: (runners, GPU resident bytes per config, notes per config)."""
+def _compiled_qat_builders(case: Case, cfg, x, y) -> dict:
+    """``single_compiled`` / ``pair_compiled``: the qatrun runs with ``compile=true`` beside the eager ones
+    (``case.compiled_qat``; the GPU cases compile ``single`` and ``pair`` themselves). Dropped, with a
+    note, when the compile fails: a compiled label must not time an eager run."""
+    if not case.compiled_qat or case.qat_compile:
+        return {}
+    c = OmegaConf.merge(cfg, {"compile": True})
+    qat = lambda pair: lambda: QatLoop(c, x, y, case.num_classes, pair)  # noqa: E731
+    return {"single_compiled": (qat(False), True, None), "pair_compiled": (qat(True), True, None)}
+
+
+def build_runners(case: Case, cfg, x, y, warmup: int, say, skip=()) -> tuple[dict, dict, dict]:
+    """Build and warm up every config: (runners, GPU resident bytes per config, notes per config).
+
+    A compiled pair resets dynamo when it is built (``pair.Pair``), so the compiled configs built before
+    it would recompile inside the timed rounds: with more than one compiled config, every compiled one
+    runs one more iteration after the last build (its recompile, if any, lands there). ``skip``: configs
+    not built (``plain`` and ``pair`` always are)."""
     device = x.device
-    runners, resident_gpu, notes = {}, {}, {}
-    for name, (build, compiled, eager) in _builders(case, cfg, x, y).items():
+    runners, resident_gpu, notes, compiled_names = {}, {}, {}, []
+    builders = {**_builders(case, cfg, x, y), **_compiled_qat_builders(case, cfg, x, y)}
+    bad = [n for n in skip if n in ("plain", "pair") or n not in builders]
+    if bad:
+        raise ValueError(f"cannot skip {', '.join(bad)}: case {case.name} has {', '.join(builders)}, and plain and "
+                         "pair are always timed")
+    for name, (build, compiled, eager) in {n: b for n, b in builders.items() if n not in skip}.items():
         say(f"  building {name} + {warmup} warm-up steps ...", flush=True)
         sync(device)
         before = allocated(device)
@@ -175,6 +206,19 @@ def build_runners(case: Case, cfg, x, y, warmup: int, say) -> tuple[dict, dict, 
             resident_gpu[name] = allocated(device) - before
         note["build_and_warmup_s"] = round(time.perf_counter() - t0, 2)
         runners[name] = r
+        if compiled and not note.get("ran_eager"):
+            compiled_names.append(name)
+    if len(compiled_names) > 1:
+        say(f"  one more iteration of {', '.join(compiled_names)} (recompiles after the last dynamo reset) ...",
+            flush=True)
+        for name in compiled_names:
+            t0 = time.perf_counter()
+            runners[name].iteration()
+            sync(device)
+            notes[name]["rewarm_s"] = round(time.perf_counter() - t0, 2)
+            if isinstance(runners[name], QatLoop):
+                runners[name].sec.resolve()
+            runners[name].zero_grads()
     return runners, resident_gpu, notes
 
 
@@ -205,7 +249,7 @@ def _time_step(runners, order, device, steps) -> dict[str, float]:
 
 def time_rounds(runners: dict, device, steps: int, rounds: int, interleave: str, say):
     """Interleaved rounds, configs in rotating order: (seconds/iteration per round per config,
-    the pair's section seconds/iteration per round)."""
+    per round: each qatrun config's section seconds/iteration)."""
     names = list(runners)
     per_round = {n: [] for n in names}
     sec_rounds: list[dict[str, float]] = []
@@ -214,8 +258,8 @@ def time_rounds(runners: dict, device, steps: int, rounds: int, interleave: str,
         order = names[rnd % len(names):] + names[: rnd % len(names)]
         for n, s in timer(runners, order, device, steps).items():
             per_round[n].append(s)
-        sec_rounds.append({k: v / steps for k, v in runners["pair"].sec.resolve().items()})
-        runners["single"].sec.resolve()
+        sec_rounds.append({n: {k: v / steps for k, v in r.sec.resolve().items()}
+                           for n, r in runners.items() if isinstance(r, QatLoop)})
         say(f"  round {rnd + 1}/{rounds}: " + ", ".join(f"{n} {per_round[n][-1] * 1e3:.1f} ms" for n in names),
             flush=True)
     return per_round, sec_rounds
@@ -225,15 +269,25 @@ def ratios(ms: dict[str, float]) -> dict[str, float]:
     """Each qatrun config over each plain baseline, and the pair over the single run."""
     bases = [n for n in ms if n.startswith("plain")]
     out = {f"{n}_over_{b}": ms[n] / ms[b] for b in bases for n in ms if not n.startswith("plain")}
-    out["pair_over_single"] = ms["pair"] / ms["single"]
+    if "single" in ms:
+        out["pair_over_single"] = ms["pair"] / ms["single"]
+    if "pair_compiled" in ms and "single_compiled" in ms:
+        out["pair_compiled_over_single_compiled"] = ms["pair_compiled"] / ms["single_compiled"]
     return out
 
 
+def _median_sections(sec_rounds: list[dict], name: str) -> dict[str, float]:
+    """ms/step per section of config ``name``, the median over rounds."""
+    rounds = [s[name] for s in sec_rounds if name in s]
+    return {k: statistics.median(r.get(k, 0.0) for r in rounds) * 1e3 for k in (rounds[0] if rounds else {})}
+
+
 def timing_figures(per_round: dict, sec_rounds: list[dict]) -> dict:
-    """ms/step (median and fastest round), the ratios and the pair's sections from the timed rounds."""
+    """ms/step (median and fastest round), the ratios and the pairs' sections from the timed rounds."""
     ms = {n: statistics.median(v) * 1e3 for n, v in per_round.items()}
     ms_min = {n: min(v) * 1e3 for n, v in per_round.items()}
-    sections = {k: statistics.median(s.get(k, 0.0) for s in sec_rounds) * 1e3 for k in sec_rounds[0]}
+    sections = _median_sections(sec_rounds, "pair")
+    compiled = {"pair_compiled_sections_ms": _median_sections(sec_rounds, "pair_compiled")} if "pair_compiled" in ms else {}
     return {
         "ms_per_step": ms,
         "ms_per_step_min": ms_min,
@@ -243,6 +297,7 @@ def timing_figures(per_round: dict, sec_rounds: list[dict]) -> dict:
         "pair_sections_ms": sections,
         "changepoint_ms": sections.get("tracker", 0.0),
         "changepoint_fraction": sections.get("tracker", 0.0) / ms["pair"],
+        **compiled,
     }
 
 
@@ -251,7 +306,8 @@ def memory_figures(runners: dict, device, resident_gpu: dict, r: dict) -> dict:
     mem = {n: measure_memory(run, device, resident_gpu.get(n), pair=n == "pair") for n, run in runners.items()}
     if mem["plain"]["peak_bytes"]:
         r["pair_peak_over_plain"] = mem["pair"]["peak_bytes"] / mem["plain"]["peak_bytes"]
-        r["pair_peak_over_single"] = mem["pair"]["peak_bytes"] / mem["single"]["peak_bytes"]
+        if "single" in mem:
+            r["pair_peak_over_single"] = mem["pair"]["peak_bytes"] / mem["single"]["peak_bytes"]
     return mem
 
 
@@ -268,7 +324,7 @@ def _device_and_interleave(case: Case, interleave: str) -> tuple[torch.device, s
 
 def run_case(case: Case, warmup: int = 2, steps: int | None = None, rounds: int = 3, log_every: int | None = None,
              profile: bool = False, verbose: bool = True, keep: bool = False, interleave: str = "auto",
-             overrides=()) -> dict:
+             overrides=(), skip=()) -> dict:
     """Build every config of ``case``, warm up, time interleaved rounds; return the figures.
 
     ``steps``: timed iterations per config per round (default: the config's ``trainer.log_every``,
@@ -279,6 +335,7 @@ def run_case(case: Case, warmup: int = 2, steps: int | None = None, rounds: int 
     between two syncs, configs in rotating order (what the GPU wants: the host runs ahead within a
     block, as in training); ``auto``: step on the CPU, block on the GPU.
     ``keep=True`` also returns the runners (``result["_runners"]``, not JSON) for inspection.
+    ``skip``: configs not built (e.g. ``single``, to spare a GPU case a compile).
     """
     device, interleave = _device_and_interleave(case, interleave)
     say = print if verbose else (lambda *a, **k: None)
@@ -287,7 +344,7 @@ def run_case(case: Case, warmup: int = 2, steps: int | None = None, rounds: int 
     x, y = make_batch(case, device, cfg.seed)
 
     load0 = loadavg()
-    runners, resident_gpu, notes = build_runners(case, cfg, x, y, warmup, say)
+    runners, resident_gpu, notes = build_runners(case, cfg, x, y, warmup, say, skip)
     per_round, sec_rounds = time_rounds(runners, device, steps, rounds, interleave, say)
     load1 = loadavg()
 
@@ -298,20 +355,24 @@ def run_case(case: Case, warmup: int = 2, steps: int | None = None, rounds: int 
         "log_every": int(cfg.trainer.log_every),
         "estimator": pair.est.name,
         "twin": f"{cfg.pair.twin} -> {pair.spec.estimator.name}",
-        "twin_init": pair.spec.init, "twin_lr_factor": pair.spec.lr_factor,
+        "twin_init": pair.spec.init, "twin_role": pair.spec.role, "twin_lr_factor": pair.spec.lr_factor,
         **timing_figures(per_round, sec_rounds),
         "loadavg_1min": {"before": load0, "after": load1},
         "notes": notes,
     }
     say("  memory pass ...", flush=True)
     res["memory"] = memory_figures(runners, device, resident_gpu, res["ratios"])
+    res["tracker"] = tracker_figures(pair)
     if profile:
         say("  profiling the pair ...", flush=True)
         res["profile"] = profile_pair(runners["pair"])
+        if "pair_compiled" in runners:
+            res["profile_compiled"] = profile_pair(runners["pair_compiled"])
 
     res["checks"] = {
         "pair_over_plain": res["ratios"]["pair_over_plain"],
         "pair_over_plain_compiled": res["ratios"].get("pair_over_plain_compiled"),
+        "pair_compiled_over_plain_compiled": res["ratios"].get("pair_compiled_over_plain_compiled"),
         "changepoint_fraction": res["changepoint_fraction"],
         "pair_peak_over_plain": res["ratios"].get("pair_peak_over_plain"),
     }

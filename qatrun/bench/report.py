@@ -22,7 +22,7 @@ def _header(res: dict) -> str:
             + f" | {res['rounds']} rounds x {res['steps_per_round']} steps ({res['interleave']}-interleaved)"
             + f" after {res['warmup']} warm-up,"
             + f" log_every={res['log_every']}, {res['estimator']} vs {res['twin']} twin"
-            + f" (init {res['twin_init']}, lr x {res['twin_lr_factor']:.4g})")
+            + f" ({res.get('twin_role', 'twin')}: init {res['twin_init']}, lr x {res['twin_lr_factor']:.4g})")
 
 
 def _table(res: dict) -> list[str]:
@@ -43,16 +43,30 @@ def _table(res: dict) -> list[str]:
     return lines
 
 
+def _compiled_ratios(r: dict) -> str:
+    """Both steps compiled: pair_compiled / plain_compiled (and single_compiled / plain_compiled)."""
+    if "pair_compiled_over_plain_compiled" not in r:
+        return ""
+    return (f", compiled: c/a = {r['pair_compiled_over_plain_compiled']:.2f}x, "
+            f"b/a = {r['single_compiled_over_plain_compiled']:.2f}x")
+
+
+def _single(r: dict, key: str, what: str) -> str:
+    return f"{what} = {r[key]:.2f}x, " if key in r else ""  # absent when single was skipped
+
+
 def _ratio_lines(res: dict) -> list[str]:
     r, rm = res["ratios"], res["ratios_from_min"]
     return [
-        f"  ratios: b/a = {r['single_over_plain']:.2f}x, c/a = {r['pair_over_plain']:.2f}x, "
-        f"c/b = {r['pair_over_single']:.2f}x"
+        f"  ratios: {_single(r, 'single_over_plain', 'b/a')}c/a = {r['pair_over_plain']:.2f}x"
+        + (f", c/b = {r['pair_over_single']:.2f}x" if "pair_over_single" in r else "")
         + (f", c/a_compiled = {r['pair_over_plain_compiled']:.2f}x" if "pair_over_plain_compiled" in r else "")
+        + _compiled_ratios(r)
         + (f", pair peak / plain peak = {r['pair_peak_over_plain']:.2f}x" if "pair_peak_over_plain" in r else ""),
-        f"  same from the fastest round of each config: b/a = {rm['single_over_plain']:.2f}x, "
+        f"  same from the fastest round of each config: {_single(rm, 'single_over_plain', 'b/a')}"
         f"c/a = {rm['pair_over_plain']:.2f}x"
-        + (f", c/a_compiled = {rm['pair_over_plain_compiled']:.2f}x" if "pair_over_plain_compiled" in rm else ""),
+        + (f", c/a_compiled = {rm['pair_over_plain_compiled']:.2f}x" if "pair_over_plain_compiled" in rm else "")
+        + _compiled_ratios(rm),
     ]
 
 
@@ -72,10 +86,15 @@ def _section_lines(res: dict) -> list[str]:
                      + ", ".join(f"{k} {v:.2f}" for k, v in res["pair_sections_ms"].items()))
         lines.append(f"  change-point tracking: {res['changepoint_ms']:.2f} ms/step = "
                      f"{100 * res['changepoint_fraction']:.1f}% of the pair step")
+    if res.get("pair_compiled_sections_ms"):
+        lines.append("  pair_compiled sections (ms/step, median): "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in res["pair_compiled_sections_ms"].items()))
     ms = res["ms_per_step"]
-    over = ms["pair"] - 2 * ms["plain"]
-    lines.append(f"  pair overhead over 2 x plain: {over:+.2f} ms/step "
-                 f"({over / ms['pair'] * 100:+.1f}% of the pair step)")
+    for pair, plain in (("pair", "plain"), ("pair_compiled", "plain_compiled")):
+        if pair in ms and plain in ms:
+            over = ms[pair] - 2 * ms[plain]
+            lines.append(f"  {pair} overhead over 2 x {plain}: {over:+.2f} ms/step "
+                         f"({over / ms[pair] * 100:+.1f}% of the pair step)")
     return lines
 
 
@@ -89,14 +108,17 @@ def _note_lines(res: dict) -> list[str]:
 
 
 def _profile_lines(res: dict) -> list[str]:
-    if "profile" not in res:
-        return []
-    p = res["profile"]
-    lines = ["  profile (one pair iteration + one log, torch.profiler, ms):",
-             "    sections: " + ", ".join(f"{k} {v:.2f}" for k, v in p["sections_ms"].items())]
-    if p["quantizer_ms"]:
-        lines.append("    quantizer: " + ", ".join(f"{k} {v:.2f}" for k, v in p["quantizer_ms"].items()))
-    lines.append("    top ops (self CPU): " + ", ".join(f"{k} {v:.1f}" for k, v in p["top_ops_self_cpu_ms"].items()))
+    lines = []
+    for key, what in (("profile", "pair"), ("profile_compiled", "pair_compiled")):
+        if key not in res:
+            continue
+        p = res[key]
+        lines += [f"  profile of {what} (one iteration + one log, torch.profiler, ms):",
+                  "    sections: " + ", ".join(f"{k} {v:.2f}" for k, v in p["sections_ms"].items())]
+        if p["quantizer_ms"]:
+            lines.append("    quantizer: " + ", ".join(f"{k} {v:.2f}" for k, v in p["quantizer_ms"].items()))
+        lines.append("    top ops (self CPU): "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in p["top_ops_self_cpu_ms"].items()))
     return lines
 
 
