@@ -34,7 +34,16 @@ def execute(cfg: DictConfig, run_dir) -> dict:
     if dist.is_main():
         print(f"\nrun directory: {run_dir}")
         print("\n".join(summary_lines(summary)))
+        if summary.get("diverged"):
+            print(f"qatrun: warning: the pair diverged: {summary['diverged_why']}; its figures are not a result "
+                  "(summary.json says diverged: true; qatrun-report keeps it out of its tables)", file=sys.stderr)
     return summary
+
+
+def interrupted(exc) -> None:
+    """A run stopped by SIGINT/SIGTERM after its checkpoint: one line, exit 128 + the signal."""
+    print(f"qatrun: {exc}", file=sys.stderr)
+    sys.exit(exc.exit_code)
 
 
 def remove_if_empty(run_dir: Path) -> None:
@@ -54,8 +63,13 @@ def _main(cfg: DictConfig) -> float | None:
         from qatrun import sweep
 
         (run_dir / sweep.ERROR_FILE).unlink(missing_ok=True)
+    from qatrun.health import EXIT_DIVERGED
+    from qatrun.stop import Interrupted
+
     try:
         summary = execute(cfg, run_dir)
+    except Interrupted as exc:  # the whole command stops, a sweep too; the job resumes when run again
+        interrupted(exc)
     except (ValueError, TrainingError) as exc:  # user errors: one line, no traceback
         if not multirun:
             remove_if_empty(run_dir)
@@ -67,6 +81,10 @@ def _main(cfg: DictConfig) -> float | None:
         import traceback
 
         return record_failure(run_dir, hc, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    if summary.get("diverged"):
+        if not multirun:
+            sys.exit(EXIT_DIVERGED)
+        return record_failure(run_dir, hc, f"diverged: {summary['diverged_why']}")
     return summary.get("pair/quantized_agreement")
 
 
@@ -89,8 +107,16 @@ def main(argv: list[str] | None = None) -> None:
         multirun, overrides = bool(flags), [a for a in argv if not a.startswith("-")]
         try:
             if not multirun and any(a.startswith("resume=") for a in overrides):
+                from qatrun.health import EXIT_DIVERGED
+                from qatrun.stop import Interrupted
+
                 run_dir, cfg = preflight.resume(overrides)
-                execute(cfg, run_dir)
+                try:
+                    summary = execute(cfg, run_dir)
+                except Interrupted as exc:
+                    interrupted(exc)
+                if summary.get("diverged"):
+                    sys.exit(EXIT_DIVERGED)
                 return
             n, exclude = preflight.check_command(overrides, multirun)
         except ValueError as exc:  # UserError, CheckpointError, a check's message, TrainingError below

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-OPERATIONAL = ("resume", "device", "compile", "trainer.progress", "trainer.checkpoint_every",
+OPERATIONAL = ("resume", "device", "compile", "trainer.progress", "trainer.checkpoint_every", "trainer.checkpoint_minutes",
                "trainer.scatter_sample", "dataset.root", "hydra")
 
 

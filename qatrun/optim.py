@@ -1,49 +1,127 @@
 """Optimizers (one registry) and the authors' schedule: linear warm-up from 0, then cosine to 0.
 
-Each optimizer is registered with ``warps``: whether the theorem (arXiv 2405.05171) asks for a
-warped twin under it. For SGD (with momentum and weight decay: linear in the gradient) an
-estimator ``g`` is the STE at ``alpha * lr`` from ``M(w0)``; Adam's per-weight normalization
-cancels ``g``, so its twin is the plain STE. ``pair.twin=auto`` reads this.
+Each optimizer is registered with its ``twin_rule``, what the theorem (arXiv 2405.05171) predicts the
+estimator's twin to be under it, and a one-line ``why`` (``qatrun --help`` and the docs show both):
+
+* ``warp``: the update is linear in the gradient, so an estimator ``g`` is the STE at ``alpha * lr``
+  from ``M(w0)`` (SGD, momentum, Nesterov);
+* ``identity``: per-coordinate normalisation cancels the slowly varying factor ``g(w)`` (when ``eps``
+  is small against the gradient's scale), so the twin is the plain STE from ``w0`` at the same lr;
+* ``exact``: the update uses only the gradient's sign, which ``g > 0`` never changes: the plain STE
+  twin should match step for step.
+
+``pair.twin=auto`` reads the rule. Adding an optimizer is one builder here (its signature, with type
+hints, is the schema of its YAML file) plus ``configs/optimizer/<name>.yaml`` with its values.
 """
 
 from __future__ import annotations
 
 import math
+from typing import List
 
 import torch
 
 from qatrun import checks
 from qatrun.registry import Registry
 
-OPTIMIZERS: Registry = Registry("optimizer")
+OPTIMIZERS: Registry = Registry("optimizer", supplied=("groups",))
+RULES = ("warp", "identity", "exact")
+LINEAR = "the update is linear in the gradient: g is the STE at alpha x lr from M(w0)"
+NORMALISED = "per-coordinate normalisation cancels the slowly varying g(w): the plain STE at the same lr"
+SIGN = "the update uses only the gradient's sign, which g > 0 never changes: the plain STE, step for step"
 
 
-@OPTIMIZERS.register("sgd", warps=True)
-def sgd(groups, lr, momentum, nesterov, weight_decay):
+@OPTIMIZERS.register("sgd", twin_rule="warp", why=LINEAR)
+def sgd(groups, lr: float, momentum: float, nesterov: bool, weight_decay: float):
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("adam", warps=False)
-def adam(groups, lr, betas, eps, weight_decay):
+@OPTIMIZERS.register("adam", twin_rule="identity", why=NORMALISED)
+def adam(groups, lr: float, betas: List[float], eps: float, weight_decay: float):
     return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("adamw", warps=False)
-def adamw(groups, lr, betas, eps, weight_decay):
+@OPTIMIZERS.register("adamw", twin_rule="identity", why=NORMALISED + " (decoupled decay acts on both runs alike)")
+def adamw(groups, lr: float, betas: List[float], eps: float, weight_decay: float):
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adamax", twin_rule="identity", why=NORMALISED)
+def adamax(groups, lr: float, betas: List[float], eps: float, weight_decay: float):
+    return torch.optim.Adamax(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("nadam", twin_rule="identity", why=NORMALISED)
+def nadam(groups, lr: float, betas: List[float], eps: float, weight_decay: float):
+    return torch.optim.NAdam(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("radam", twin_rule="identity", why=NORMALISED)
+def radam(groups, lr: float, betas: List[float], eps: float, weight_decay: float):
+    return torch.optim.RAdam(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("rmsprop", twin_rule="identity", why=NORMALISED)
+def rmsprop(groups, lr: float, alpha: float, eps: float, momentum: float, centered: bool, weight_decay: float):
+    return torch.optim.RMSprop(groups, lr=lr, alpha=alpha, eps=eps, momentum=momentum, centered=centered,
+                               weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adagrad", twin_rule="identity", why=NORMALISED)
+def adagrad(groups, lr: float, lr_decay: float, eps: float, weight_decay: float):
+    return torch.optim.Adagrad(groups, lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adadelta", twin_rule="identity", why=NORMALISED)
+def adadelta(groups, lr: float, rho: float, eps: float, weight_decay: float):
+    return torch.optim.Adadelta(groups, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("rprop", twin_rule="exact", why=SIGN)
+def rprop(groups, lr: float, etas: List[float], step_sizes: List[float]):
+    return torch.optim.Rprop(groups, lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes))
+
+
+class SignSGD(torch.optim.Optimizer):
+    """signSGD (Bernstein et al., 2018): ``w -= lr * sign(grad)``, no state."""
+
+    def __init__(self, params, lr: float):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(torch.sign(p.grad), alpha=-group["lr"])
+
+
+@OPTIMIZERS.register("signsgd", twin_rule="exact", why=SIGN)
+def signsgd(groups, lr: float):
+    return SignSGD(groups, lr=lr)
+
+
+def twin_rule(name: str) -> str:
+    """``warp``, ``identity`` or ``exact``: the twin the theorem predicts under this optimizer."""
+    return OPTIMIZERS.meta(name)["twin_rule"]
 
 
 def warps(name: str) -> bool:
     """Does ``pair.twin=auto`` warp the twin (``M(w0)``, ``alpha * lr``) under this optimizer?"""
-    return OPTIMIZERS.meta(name)["warps"]
+    return twin_rule(name) == "warp"
 
 
 def build_optimizer(name: str, groups, lr: float, **params) -> torch.optim.Optimizer:
     """``name``'s optimizer over ``groups`` at peak ``lr``; ``params``: its own options by name."""
     OPTIMIZERS.get(name)
     checks.positive("optimizer.lr", lr)
-    checks.in_range("optimizer.weight_decay", params.get("weight_decay", 0.0), 0, math.inf)
-    return OPTIMIZERS.build(name, groups, lr=lr, **params)
+    if "weight_decay" in params:
+        checks.in_range("optimizer.weight_decay", params["weight_decay"], 0, math.inf)
+    try:
+        return OPTIMIZERS.build(name, groups, lr=lr, **params)
+    except ValueError as exc:  # torch's own range checks ("Invalid beta parameter at index 1: 1.5")
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith(("optimizer", "unknown")) else f"optimizer={name}: {msg}") from None
 
 
 def warmup_cosine(step: int, total: int, warmup_frac: float) -> float:

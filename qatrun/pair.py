@@ -1,6 +1,6 @@
 """The pair: the estimator run and its twin, built once, stepped in lockstep, saved and restored.
 
-The twin (arXiv 2405.05171; README, "pair.twin") is a clipped-STE run that should track the estimator run:
+The twin (arXiv 2405.05171; docs/configuration.md, "pair.twin") is a clipped-STE run that should track the estimator run:
 for SGD it starts at ``M(w0)`` and trains its quantized weights at ``alpha * lr`` (a parameter
 group of their own: scaling the learning rate, not the gradient, keeps weight decay and momentum
 right); for Adam it is plain STE with the same init and lr. Everything that is not a quantized
@@ -11,125 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qatrun import dist, estimators
-from qatrun.estimators import Estimator, NotInClassError, PeriodicEstimator, describe, warp
+from qatrun import dist
+from qatrun.estimators import Estimator
 from qatrun.layers import quant_layers, quantize_model, set_estimator
 from qatrun.metrics import ChangePointTracker, FunctionAgreement, WeightComparer
 from qatrun.metrics.common import to_host
 from qatrun.models import build_model, float_names
 from qatrun.optim import build_optimizer, build_scheduler
-
-
-@dataclass(frozen=True)
-class TwinSpec:
-    """How the twin differs from the estimator run.
-
-    ``source`` / ``target``: the in-class estimators whose maps carry the run into the twin's
-    coordinates, ``w_twin = M_target^{-1}(M_source(w))`` (``estimators.warp``; target None: the STE).
-    ``source`` is None when the twin is not warped.
-    """
-
-    mode: str
-    estimator: Estimator | None  # None: no twin (pair.twin=none)
-    init: str  # "mirror" (w0 -> M_B^{-1}(M_A(w0))) or "identity"
-    lr_factor: float  # multiplies the lr of the twin's quantized weights (alpha_A / alpha_B)
-    lr_scale: float  # multiplies the twin's whole lr (jitter: 1.01)
-    source: PeriodicEstimator | None = None
-    target: PeriodicEstimator | None = None
-
-    def to_twin(self, w: torch.Tensor, m) -> torch.Tensor:
-        """An estimator-run weight in the twin's coordinates (the identity when not warped)."""
-        return warp(w, m, self.source, self.target) if self.init == "mirror" else w.detach()
-
-    def figures(self) -> dict:
-        """What the summary records about the twin, beside ``twin``, ``twin_init`` and the lr factors."""
-        est = self.estimator
-        return {"twin_estimator": describe(est) if est is not None else None,
-                "twin_map": describe(self.source) if self.source is not None else None,
-                "alpha_twin": est.alpha if est is not None and est.in_class else None,
-                "twin_clip": list(est.clip) if isinstance(est, PeriodicEstimator) else None}
-
-
-# pair.twin values: (twin estimator, init map, use alpha). "auto" asks the optimizer. "twin" is the
-# configured twin estimator (twin_estimator; the STE when none is given).
-TWIN_MODES = {
-    "full": ("twin", "mirror", True),  # warped init and lr factor, whatever the optimizer
-    "ste": ("ste", "identity", False),  # the no-warp control with a plain STE twin
-    "nowarp": ("twin", "identity", False),  # the no-warp control with the configured twin estimator
-    "warp_init": ("twin", "mirror", False),  # ablation: warped init only
-    "warp_lr": ("twin", "identity", True),  # ablation: lr factor only
-    "self": ("same", "identity", False),  # the estimator against itself (jitter floor)
-}
-TWIN_CHOICES = ("auto", "none", *TWIN_MODES)
-
-
-def resolve_twin(mode: str, estimator: Estimator, optimizer_warps: bool, lr_scale: float = 1.0,
-                 twin_estimator: Estimator | None = None) -> TwinSpec:
-    """Turn ``pair.twin`` into a TwinSpec. ``optimizer_warps``: does ``auto`` warp (SGD family) or not (Adam).
-
-    ``twin_estimator`` (B; default the STE) is the twin's own estimator: an A-B pair. Warped, the twin
-    starts at ``M_B^{-1}(M_A(w0))`` and trains at ``alpha_A / alpha_B`` times the lr (arXiv 2405.05171:
-    both are STEs in disguise); an estimator outside the class warps through its ``reference()``.
-    """
-    if mode not in TWIN_CHOICES:
-        raise ValueError(f"unknown pair.twin {mode!r}; valid: {', '.join(TWIN_CHOICES)}")
-    if not lr_scale > 0:
-        raise ValueError(f"pair.twin_lr_scale must be positive, got {lr_scale}")
-    if twin_estimator is not None:
-        if twin_estimator.grid != estimator.grid:
-            raise ValueError(
-                f"the twin's estimator has {twin_estimator.bits} bits on the {twin_estimator.grid.kind} grid but the "
-                f"run's has {estimator.bits} bits on the {estimator.grid.kind} grid: they must match "
-                f"(set twin_estimator.bits={estimator.bits} twin_estimator.grid={estimator.grid.kind})")
-        if mode in ("none", "self", "ste"):
-            raise ValueError(f"pair.twin={mode} does not use a twin estimator, but twin_estimator="
-                             f"{describe(twin_estimator)} was given; with one use pair.twin=auto, full, nowarp, "
-                             "warp_init or warp_lr (or drop twin_estimator)")
-    if mode == "none":
-        return TwinSpec(mode, None, "identity", 1.0, 1.0)
-    mode_used = ("full" if optimizer_warps else "nowarp") if mode == "auto" else mode
-    which, init, use_alpha = TWIN_MODES[mode_used]
-    if which == "same":
-        return TwinSpec(mode, estimator, init, 1.0, float(lr_scale))
-    twin = twin_estimator if which == "twin" and twin_estimator is not None else \
-        estimators.create("ste", bits=estimator.bits, grid=estimator.grid)
-    if init == "identity" and not use_alpha:
-        return TwinSpec(mode, twin, init, 1.0, float(lr_scale))
-    try:
-        source, target = estimator.reference(), twin.reference()
-    except NotInClassError as exc:
-        raise ValueError(f"pair.twin={mode} needs both estimators' mirror map / alpha, but {exc}; use pair.twin=ste "
-                         "(plain STE twin), nowarp or self") from None
-    factor = source.alpha / target.alpha if use_alpha else 1.0
-    if init == "mirror":
-        lo, hi = estimators.edges(source, target)
-        if isinstance(twin, PeriodicEstimator):
-            twin = twin.with_clip(lo, hi)
-        elif abs(lo + 1) > estimators.base.EDGE_TOL or abs(hi - 1) > estimators.base.EDGE_TOL:
-            raise ValueError(f"the warp moves the clipping edges to [{lo:.6g} m, {hi:.6g} m] but twin estimator "
-                             f"{describe(twin)} can only pass gradients on [-m, m]; choose a periodic twin estimator")
-    return TwinSpec(mode, twin, init, factor, float(lr_scale), source if init == "mirror" else None,
-                    target if init == "mirror" and not target.is_identity else None)
-
-
-def alignment_map(estimator: Estimator, spec: TwinSpec):
-    """layer -> its weights in the twin's coordinates, ``M_B^{-1}(M_A(w))`` (``M_A(w)`` for an STE twin),
-    whether or not the twin's init went through it, so that a warped pair and its no-warp control
-    report the same "through M" alignment; None when either estimator has no map."""
-    if spec.init == "mirror":  # exactly the map the init went through
-        return lambda layer: spec.to_twin(layer.weight, layer.m)
-    try:
-        source = estimator.reference()
-        target = spec.estimator.reference()
-    except NotInClassError:
-        return None
-    return lambda layer: warp(layer.weight, layer.m, source, target)
+from qatrun.twin import ROLES, TWIN_CHOICES, TWIN_MODES, TwinSpec, alignment_map, resolve_twin  # noqa: F401 (API)
 
 
 def make_twin(model: nn.Module, spec: TwinSpec) -> nn.Module:
@@ -157,11 +51,12 @@ def param_groups(model: nn.Module, lr: float, quant_factor: float = 1.0) -> list
 
 
 def build_run(model: str, num_classes: int, estimator: Estimator, seed: int, he_init: bool = True,
-              **model_kwargs) -> nn.Module:
-    """The estimator run's model: built from ``seed``, its quantized layers swapped in, He-uniform init."""
+              input_shape=None, quantize_linear: bool = False, **model_kwargs) -> nn.Module:
+    """The estimator run's model: built from ``seed`` for ``input_shape`` (C, H, W; default: the model's
+    own) inputs, its quantized layers (``qatrun.models.quantized_names``) swapped in, He-uniform init."""
     torch.manual_seed(seed)
-    net = build_model(model, num_classes=num_classes, **model_kwargs)
-    quantize_model(net, estimator, skip=float_names(model, net), reinit=he_init,
+    net = build_model(model, num_classes, input_shape, **model_kwargs)
+    quantize_model(net, estimator, skip=float_names(net, quantize_linear), reinit=he_init,
                    generator=torch.Generator().manual_seed(seed))
     return net
 
@@ -361,6 +256,9 @@ class Pair:
             "comparer": self.comparer.state_dict() if self.comparer is not None else None,
             "tracker": self.tracker.state_dict() if self.tracker is not None else None,
             "weights0": self.weights0,
+            # the loss accumulators since the last log: a checkpoint between two logs (an interrupt, the
+            # wall-clock checkpoint) resumes to the same logged means
+            "losses": {"sums": self.loss_sums, "since": self.since, "first_bad": self.first_bad},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -378,3 +276,7 @@ class Pair:
         if self.tracker is not None:
             self.tracker.load_state_dict(state["tracker"])
         self.weights0 = state["weights0"]
+        if "losses" in state:  # checkpoints before the wall-clock checkpoint were written at log steps only
+            self.loss_sums.copy_(state["losses"]["sums"])
+            self.first_bad.copy_(state["losses"]["first_bad"])
+            self.since = int(state["losses"]["since"])

@@ -6,11 +6,12 @@ valid (``qatrun: error: ...``, exit code 2); nothing is created on the way.
   (wrong type, unknown key, unknown option) into one line each. ``+key=`` additions are refused.
 * ``check(cfg)`` runs the argument checks of a run without loading data or training.
 * ``points(overrides)`` expands a sweep (``a=1,2 b=x,y``) into its points, as Hydra's basic sweeper does.
-* ``resume(overrides)`` continues a run from its saved resolved config (README, "Reliability").
+* ``resume(overrides)`` continues a run from its saved resolved config (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import os
@@ -22,12 +23,8 @@ from pathlib import Path
 from omegaconf import OmegaConf, open_dict
 
 from qatrun import checkpoint as ckpt
-from qatrun import checks, estimators, optim
-from qatrun.config import flatten, is_operational
-from qatrun.data import DATASETS
-from qatrun.models import MODELS
-from qatrun.pair import resolve_twin
-from qatrun.train import group, select_device
+from qatrun.config import OPERATIONAL, config_diff, flatten
+from qatrun.spec import build as build_spec
 
 GROUPS = ("dataset", "model", "optimizer", "estimator", "experiment")
 TYPES = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false", "Bool": "true or false",
@@ -36,6 +33,14 @@ TYPES = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false
 
 class UserError(ValueError):
     """A mistake in the command; the message is the whole explanation."""
+
+
+def nearest(word: str, valid) -> str:
+    """' did you mean X?' for the valid names closest to ``word`` (case-insensitive first), or ''."""
+    valid = list(valid)
+    same = [v for v in valid if v.lower() == str(word).lower()]
+    near = same or difflib.get_close_matches(str(word).lower(), valid, n=2, cutoff=0.6)
+    return f" did you mean {' or '.join(near)}?" if near else ""
 
 
 def parse(overrides: list[str]):
@@ -74,6 +79,18 @@ def valid_keys(key: str, choices: list[str] | None = None) -> str:
     return f"valid keys in {where}: {', '.join(names)}" if names else "see qatrun --help for the valid keys"
 
 
+def near_key(key: str, choices: list[str]) -> str:
+    """' did you mean optimizer.lr?' for a mistyped dotted key, from the keys beside it."""
+    parent, _, leaf = key.rpartition(".")
+    try:
+        node = OmegaConf.select(_compose(choices), parent) if parent else _compose(choices)
+        names = list(node.keys()) if OmegaConf.is_dict(node) else []
+    except Exception:  # a courtesy: the error itself has been found already
+        names = []
+    hint = nearest(leaf, names)
+    return hint.replace(" did you mean ", f" did you mean {parent}." if parent else " did you mean ", 1) if hint else ""
+
+
 def _compose(overrides: list[str], hydra_cfg: bool = False):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
@@ -88,14 +105,23 @@ def compose(overrides: list[str], hydra_cfg: bool = False):
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
     parsed = parse(overrides)
+    twin_chosen = any(o.get_key_element() == "estimator@twin_estimator" for o in parsed)
+    for o in parsed:
+        if o.key_or_group == "twin_estimator":
+            raise UserError(f"{o.input_line}: the twin's estimator is a group option, chosen like the run's own: "
+                            f"estimator@twin_estimator={o.value()} (then twin_estimator.KEY=VALUE for its keys)")
+        if o.key_or_group.startswith("twin_estimator.") and not twin_chosen:
+            raise UserError(f"{o.input_line}: the twin has no estimator of its own to set {o.key_or_group} on; choose "
+                            f"one first: estimator@twin_estimator=NAME {o.input_line} (e.g. NAME=tanh)")
     choices = [o.input_line for o in parsed if o.key_or_group in GROUPS and not o.is_sweep_override()]
     try:
         return _compose(overrides, hydra_cfg)
     except MissingConfigException as exc:
         grp = next((o for o in parsed if o.key_or_group in GROUPS and f"'{o.key_or_group}/" in str(exc)), None)
         if grp is not None:
-            raise UserError(f"{grp.input_line}: no such option; valid {grp.key_or_group} options: "
-                            f"{', '.join(options(grp.key_or_group))}") from None
+            valid = options(grp.key_or_group)
+            raise UserError(f"{grp.input_line}: no such option;{nearest(grp.value(), valid)} valid {grp.key_or_group} "
+                            f"options: {', '.join(valid)}") from None
         raise UserError(" ".join(str(exc).split("Config search path")[0].split())) from None
     except (HydraException, OmegaConfBaseException) as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
@@ -107,30 +133,13 @@ def compose(overrides: list[str], hydra_cfg: bool = False):
             want = TYPES.get(name, f"of type {name}" if name else "of another type")
             raise UserError(f"{given}: {key} must be {want}") from None
         if key and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
-            raise UserError(f"{given}: unknown key {key}; {valid_keys(key, choices)}") from None
+            raise UserError(f"{given}: unknown key {key};{near_key(key, choices)} {valid_keys(key, choices)}") from None
         raise UserError(" ".join(str(exc).split())) from None
 
 
 def check(cfg) -> None:
-    """The checks a run makes before its first step, without data or models (ValueError on a problem)."""
-    select_device(cfg.device)
-    checks.one_of("precision", cfg.precision, ("fp32", "bf16"))
-    DATASETS.get(cfg.dataset.name)
-    MODELS.get(cfg.model.name)
-    checks.positive_int("dataset.batch_size", cfg.dataset.batch_size)
-    est_name, est_options = group(cfg.estimator)
-    est = estimators.create(est_name, **est_options)
-    opt_name = cfg.optimizer.name
-    optim.OPTIMIZERS.get(opt_name)
-    checks.positive("optimizer.lr", cfg.optimizer.lr)
-    resolve_twin(cfg.pair.twin, est, optim.warps(opt_name), cfg.pair.twin_lr_scale)
-    tr = cfg.trainer
-    if tr.max_steps is not None:
-        checks.positive("trainer.max_steps", tr.max_steps)
-    else:
-        checks.positive("trainer.epochs", tr.epochs)
-    for key in ("log_every", "eval_every", "checkpoint_every"):
-        checks.positive(f"trainer.{key}", tr[key])
+    """The checks a run makes before its first step: the run's own ``qatrun.spec.build``, minus the training."""
+    build_spec(cfg)
 
 
 def points(overrides: list[str]) -> list[list[str]]:
@@ -163,7 +172,7 @@ def creatable(path, key: str) -> None:
 
 def check_command(overrides: list[str], multirun: bool) -> tuple[int, list[str]]:
     """Compose and check the run, or every point of a sweep. Returns the number of points and the keys
-    job directory names leave out: the YAML's ``exclude_keys`` plus every key that does not vary."""
+    job directory names leave out: the operational keys (``qatrun.config.OPERATIONAL``) plus every key that does not vary."""
     pts = points(overrides) if multirun else [list(overrides)]
     parsed = parse(overrides)
     if multirun and any(o.key_or_group == "resume" for o in parsed):
@@ -178,7 +187,7 @@ def check_command(overrides: list[str], multirun: bool) -> tuple[int, list[str]]
             if i == 0:
                 key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
                 creatable(OmegaConf.select(cfg, key), key)
-                exclude = list(cfg.hydra.job.config.override_dirname.exclude_keys) + constant
+                exclude = [k for k in OPERATIONAL if k != "hydra"] + constant  # qatrun.config: the one list
             with open_dict(cfg):
                 del cfg["hydra"]
             check(cfg)
@@ -206,11 +215,17 @@ def resume(overrides: list[str]):
     where = next(o.value() for o in parsed if o.key_or_group == "resume")
     run_dir = Path(str(where))
     path = run_dir / ckpt.NAME
+    if not path.is_file() and (run_dir / ".hydra").is_dir():
+        status = run_dir / "status.json"
+        state = json.loads(status.read_text()).get("state", "running") if status.is_file() else "running"
+        raise UserError(f"resume={where}: that run stopped before its first checkpoint (its last state: {state}, "
+                        "killed or interrupted before step 1 was saved), so there is nothing to continue; start it "
+                        "again with its command (its overrides are in .hydra/overrides.yaml)")
     if not path.is_file():
         raise UserError(f"resume={where}: no qatrun checkpoint there ({path} does not exist); resume takes the "
                         "directory of an earlier run, the one holding checkpoint.pt")
     saved = ckpt.load(path)["config"]
-    flat, cfg, differ = flatten(saved), OmegaConf.create(saved), []
+    flat, cfg, groups = flatten(saved), OmegaConf.create(saved), []
     for o in parsed:
         key = o.key_or_group
         if key == "resume" or key == "hydra" or key.startswith(("hydra.", "hydra/")):
@@ -218,17 +233,17 @@ def resume(overrides: list[str]):
         if o.is_sweep_override():
             raise UserError(f"{o.input_line}: a resume continues one run; sweep with qatrun -m instead")
         value = o.value()
-        if key in GROUPS:
+        if key in GROUPS:  # choosing another option changes the math unless it is the saved one
             was = saved.get("experiment_name") if key == "experiment" else saved.get(key, {}).get("name")
             if value != was:
-                differ.append(f"{key} (saved {was}, given {value})")
+                groups.append(f"{key} (saved {was}, given {value})")
             continue
         if key not in flat:
             raise UserError(f"{o.input_line}: unknown key {key}; {valid_keys(key)}")
-        if is_operational(key):
-            OmegaConf.update(cfg, key, value, merge=True)
-        elif (json.dumps(value) if isinstance(value, (list, tuple)) else value) != flat.get(key):
-            differ.append(f"{key} (saved {flat.get(key)}, given {value})")
+        OmegaConf.update(cfg, key, value, merge=True)
+    # one rule for what a resume may change, the checkpoint's own (qatrun.config.config_diff)
+    changed = config_diff(saved, OmegaConf.to_container(cfg))
+    differ = groups + [f"{k} (saved {flat.get(k)}, given {flatten(OmegaConf.to_container(cfg)).get(k)})" for k in changed]
     if differ:
         raise UserError(f"cannot resume {run_dir}: the config differs from the saved one in {', '.join(differ)} "
                         "(these change the math); drop them to continue the run as saved, or start a new run")

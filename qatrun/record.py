@@ -7,13 +7,9 @@ report need are kept in one ``history`` (saved in checkpoints and in ``summary.j
 
 from __future__ import annotations
 
-CURVES = {
-    "log": ("log_step", ("est/loss", "twin/loss", "pair/quantized_agreement", "pair/alignment_error",
-                         "pair/alignment_error_mirror", "pair/alignment_error_identity", "pair/mover_fraction",
-                         "pair/mover_agreement", "pair/mover_agreement_untrained",
-                         "pair/quantized_agreement_untrained")),
-    "eval": ("eval_step", ("est/test_loss", "twin/test_loss", "est/test_acc", "twin/test_acc")),
-}
+from qatrun.metricnames import curves
+
+CURVES = {kind: (f"{kind}_step", curves(kind)) for kind in ("log", "eval")}  # qatrun.metricnames: the one table
 
 
 # TensorBoard's Custom Scalars tab: the estimator run and its twin on one chart per figure (the tags stay

@@ -15,14 +15,18 @@ a ``ValueError`` that lists what the builder accepts.
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T", bound=Callable)
 
 
 class Registry(Generic[T]):
-    def __init__(self, family: str):
-        self.family = family
+    """``supplied``: the builder parameters the runner fills in (not config keys); ``options(name)``
+    lists the others, which are the keys of the option's YAML file (``qatrun.schema`` types them)."""
+
+    def __init__(self, family: str, supplied: tuple[str, ...] = ()):
+        self.family, self.supplied = family, tuple(supplied)
         self._items: dict[str, T] = {}
         self._meta: dict[str, dict] = {}
 
@@ -52,6 +56,23 @@ class Registry(Generic[T]):
     def meta(self, name: str) -> dict:
         self.get(name)
         return self._meta[name]
+
+    def options(self, name: str) -> dict[str, tuple[object, object]]:
+        """The builder's own options in signature order: ``{key: (type hint, default or MISSING)}``."""
+        fn = self.get(name)
+        target = fn
+        if inspect.isclass(fn):
+            target = fn.__init__ if fn.__init__ is not object.__init__ else fn.__new__
+        try:
+            hints = typing.get_type_hints(target)
+        except Exception:  # an unresolvable annotation: the key stays untyped
+            hints = {}
+        out = {}
+        for p in list(inspect.signature(fn).parameters.values()):
+            if p.name in self.supplied or p.name in ("self", "cls") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            out[p.name] = (hints.get(p.name, typing.Any), p.default)
+        return out
 
     def build(self, name: str, *args, **kwargs):
         """Call the builder registered as ``name``; bad keyword options name what it accepts."""

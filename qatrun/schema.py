@@ -1,125 +1,69 @@
-"""Typed configuration: one dataclass schema per config group, registered in Hydra's ConfigStore.
+"""Typed configuration, generated from the registries: one Hydra schema node per group option.
 
-The values stay in ``configs/`` (YAML only); every field here is ``MISSING`` and only fixes the type
-and the set of keys. Each YAML option lists its schema first in its defaults list
-(``/schema/<group>/<option>@_here_``), so a wrong type (``optimizer.lr=abc``) or an unknown key
-(``optimizer.lrr=0.1``) is refused while Hydra composes, before any work. ``configs/__init__.py``
-calls ``register()``, so every composition of ``qatrun.configs`` sees the schemas.
+The values stay in ``configs/`` (YAML only). A group option's keys are the family's shared fields
+(``SHARED``) plus its builder's own parameters (``Registry.options``: the signature, typed by its hints,
+without what the runner supplies), every field ``MISSING``, so the YAML must give each one. Each YAML
+option lists its schema first in its defaults list (``/schema/<group>/<option>@_here_``), so a wrong
+type (``optimizer.lr=abc``) or an unknown key (``optimizer.lrr=0.1``) is refused while Hydra composes,
+before any work. Adding an option is one registered builder plus one YAML file: nothing here changes.
+``configs/__init__.py`` calls ``register()``, so every composition of ``qatrun.configs`` sees the schemas.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import MISSING
 
+from qatrun.data import DATASETS
+from qatrun.estimators import ESTIMATORS
+from qatrun.models import MODELS
+from qatrun.optim import OPTIMIZERS
 
-# --- dataset -------------------------------------------------------------------------------------
-@dataclass
-class DatasetBase:
-    name: str = MISSING
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-
-
-@dataclass
-class Subsets:
-    train_subset: Optional[int] = MISSING
-    test_subset: Optional[int] = MISSING
-
-
-@dataclass
-class Mnist(DatasetBase, Subsets):
-    download: bool = MISSING
-    root: Optional[str] = MISSING
-    mean: float = MISSING
-    std: float = MISSING
+# family -> (its registry, the fields every option has beside its builder's parameters)
+FAMILIES = {
+    "dataset": (DATASETS, {"name": str}),
+    "model": (MODELS, {"name": str, "he_init": bool, "quantize_linear": bool}),
+    "optimizer": (OPTIMIZERS, {"name": str}),
+    "estimator": (ESTIMATORS, {"name": str, "bits": int, "grid": str}),
+}
+PRIMITIVE = (int, float, bool, str)
 
 
-@dataclass
-class Imagenet(DatasetBase, Subsets):
-    root: Optional[str] = MISSING
-    workers: int = MISSING
-    image_size: int = MISSING
-    resize: int = MISSING
+def config_type(hint) -> object:
+    """A type hint as OmegaConf can hold it: primitives, Optional, List/Dict of primitives; else Any."""
+    if hint in PRIMITIVE or hint is Any:
+        return hint
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and rest[0] in PRIMITIVE:
+            return Optional[rest[0]] if len(rest) < len(args) else rest[0]
+        return Any
+    if origin in (list, tuple, List, Tuple) and args:
+        inner = [a for a in args if a is not Ellipsis]
+        return List[inner[0]] if len(set(inner)) == 1 and inner[0] in PRIMITIVE else List[Any]
+    if origin in (dict, Dict):
+        return Optional[Dict[str, Any]]
+    return Any
 
 
-@dataclass
-class Synthetic(DatasetBase):
-    num_classes: int = MISSING
-    image_size: int = MISSING
-    channels: int = MISSING
-    length: int = MISSING
-    test_length: int = MISSING
-    signal: float = MISSING
+def fields_of(family: str, name: str) -> dict[str, object]:
+    """The keys of group option ``family/name`` with their config types, shared fields first."""
+    registry, shared = FAMILIES[family]
+    out = dict(shared)
+    for key, (hint, _) in registry.options(name).items():
+        out.setdefault(key, config_type(hint))
+    return out
 
 
-# --- model ---------------------------------------------------------------------------------------
-@dataclass
-class Model:
-    name: str = MISSING
-    he_init: bool = MISSING
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # builder options, checked by the model registry
-
-
-# --- optimizer -----------------------------------------------------------------------------------
-@dataclass
-class OptimizerBase:
-    name: str = MISSING
-    lr: float = MISSING
-    weight_decay: float = MISSING
-
-
-@dataclass
-class Sgd(OptimizerBase):
-    momentum: float = MISSING
-    nesterov: bool = MISSING
-
-
-@dataclass
-class Adam(OptimizerBase):
-    betas: List[float] = MISSING
-    eps: float = MISSING
-
-
-# --- estimator -----------------------------------------------------------------------------------
-@dataclass
-class EstimatorBase:
-    name: str = MISSING
-    bits: int = MISSING
-    grid: str = MISSING
-
-
-@dataclass
-class Tanh(EstimatorBase):
-    k: Optional[float] = MISSING
-
-
-@dataclass
-class Pwl(Tanh):
-    alpha: Optional[float] = MISSING
-
-
-@dataclass
-class Custom(EstimatorBase):
-    shape: str = MISSING
-
-
-@dataclass
-class Ewgs(EstimatorBase):
-    delta: float = MISSING
-
-
-@dataclass
-class Qnet(EstimatorBase):
-    beta: float = MISSING
-
-
-@dataclass
-class DsqAnneal(Tanh):
-    k_end: float = MISSING
-    schedule: str = MISSING
+def node(family: str, name: str) -> type:
+    cls = f"{family.capitalize()}_{name}"
+    return dataclasses.make_dataclass(cls, [(k, t, field(default=MISSING)) for k, t in fields_of(family, name).items()])
 
 
 # --- the root ------------------------------------------------------------------------------------
@@ -137,6 +81,7 @@ class Trainer:
     log_every: int = MISSING
     eval_every: int = MISSING
     checkpoint_every: int = MISSING
+    checkpoint_minutes: float = MISSING
     changepoints: bool = MISSING
     progress: bool = MISSING
     scatter_sample: int = MISSING
@@ -161,21 +106,79 @@ class Config:
     trainer: Trainer = field(default_factory=Trainer)
 
 
-SCHEMAS = {
-    "dataset": {"mnist": Mnist, "imagenet": Imagenet, "synthetic": Synthetic},
-    "model": {"small_cnn": Model, "resnet18": Model, "resnet50": Model},
-    "optimizer": {"sgd": Sgd, "adam": Adam},
-    "estimator": {"tanh": Tanh, "pwl": Pwl, "ste": EstimatorBase, "custom": Custom, "ewgs": Ewgs, "qnet": Qnet,
-                  "approxsign": EstimatorBase, "dsq_anneal": DsqAnneal},
-}
-
-
 def register() -> None:
     """Store the schemas as ``schema/config`` and ``schema/<group>/<option>`` (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(group="schema", name="config", node=Config)
-    for group, options in SCHEMAS.items():
-        for name, node in options.items():
-            cs.store(group=f"schema/{group}", name=name, node=node)
+    for family, (registry, _) in FAMILIES.items():
+        for name in registry.names():
+            cs.store(group=f"schema/{family}", name=name, node=node(family, name))
+
+
+# --- qatrun --help: the group lists come from the registries (configs/hydra/help/qatrun.yaml) ------------
+def _wrap(words: list[str], indent: int, width: int = 100) -> str:
+    lines, line = [], ""
+    for w in words:
+        if line and len(line) + len(w) + 2 > width - indent:
+            lines.append(line + ",")
+            line = w
+        else:
+            line = f"{line}, {w}" if line else w
+    return ("\n" + " " * indent).join(lines + [line])
+
+
+def help_text(section: str) -> str:
+    """A block of ``qatrun --help``: ``groups`` (each family's registered options and the presets) or
+    ``optimizers`` (each optimizer's twin rule and why)."""
+    from importlib import resources
+
+    from qatrun.optim import twin_rule
+
+    if section == "groups":
+        root = resources.files("qatrun.configs").joinpath("experiment")
+        presets = sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+        rows = [(f, _wrap(reg.names(), 16)) for f, (reg, _) in FAMILIES.items()]
+        rows[-1] = ("estimator", rows[-1][1] + "\n                (the twin's own, for an A-B pair: "
+                    "estimator@twin_estimator=<option>; null = STE)")
+        rows.append(("experiment", _wrap(presets, 16) + "\n                (presets: small deltas)"))
+        return "\n".join(f"  {f:13s} {text}" for f, text in rows)
+    if section == "optimizers":
+        return "\n".join(f"  {n:10s} {twin_rule(n):9s} {OPTIMIZERS.meta(n)['why']}" for n in OPTIMIZERS.names())
+    raise ValueError(f"unknown help section {section!r}")
+
+
+def register_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("qatrun_help"):
+        OmegaConf.register_new_resolver("qatrun_help", help_text)
+    if not OmegaConf.has_resolver("qatrun_run_name"):
+        OmegaConf.register_new_resolver("qatrun_run_name", lambda *, _root_: run_name(_root_=_root_))
+
+
+# --- run directory names: both estimators with what tells them apart, the twin rule and the optimizer ----
+def _estimator_label(node) -> str:
+    parts = [str(node.get("name"))]
+    shape = node.get("shape")
+    if shape:
+        parts.append(str(shape).replace(":", ".").rsplit(".", 1)[-1])
+    for key in ("k", "beta", "delta"):
+        if node.get(key) is not None:
+            parts.append(f"{key}{node.get(key):g}")
+    if node.get("bits") not in (None, 2):
+        parts.append(f"{node.get('bits')}bit")
+    return "-".join(parts)
+
+
+def run_name(*, _root_) -> str:
+    """``tanh_sgd`` for the default pair; ``custom-sharp_bump_vs-tanh-k2.5_sgd`` for an A-B pair,
+    ``tanh_vs-self_sgd`` for a jitter floor (``hydra.run.dir`` in ``configs/config.yaml``)."""
+    name = _estimator_label(_root_.estimator)
+    twin, mode = _root_.get("twin_estimator"), _root_.pair.twin
+    if twin is not None:
+        name += f"_vs-{_estimator_label(twin)}" + ("" if mode == "auto" else f"-{mode}")
+    elif mode != "auto":
+        name += f"_vs-{mode}"
+    return f"{name}_{_root_.optimizer.name}"

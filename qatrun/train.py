@@ -1,7 +1,7 @@
 """The lockstep loop: an estimator run and its twin on the same batches, in one process.
 
 ``train(cfg, run_dir)`` builds the pair from the config (the only place that reads it), trains
-both runs step by step on identical batches, logs the pair figures (README, "Metric
+both runs step by step on identical batches, logs the pair figures (docs/metrics.md, "Metric
 definitions") to TensorBoard and returns the final figures, which it also writes to
 ``<run_dir>/summary.json``. The hot loop makes no host syncs: losses, distance travelled, change
 points and the NaN watch stay on the device until ``log_every``.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -19,28 +20,27 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from qatrun import checkpoint as ckpt
-from qatrun import checks, dist, estimators, optim
-from qatrun.data import build_data
+from qatrun import checks, dist
+from qatrun.data import DataShape, build_data
+from qatrun.estimators import describe
 from qatrun.files import write_json
+from qatrun.health import divergence
+from qatrun.metricnames import headline_first, printed
 from qatrun.metrics import pearson
 from qatrun.metrics.function import MIN_CURVE_POINTS
 from qatrun.metrics.common import to_host
-from qatrun.pair import Pair, build_run, resolve_twin
+from qatrun.pair import Pair, build_run
+from qatrun.spec import RunSpec, build as build_spec, build_estimators, group, select_device  # noqa: F401 (re-exported)
 from qatrun.record import LAYOUT, Recorder
+from qatrun.stop import Interrupted, StopSignals
 from qatrun.tblog import TBLogger
+
+
+STATUS = "status.json"
 
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (NaN loss, broken step-0 invariant); the message says why."""
-
-
-def select_device(name: str) -> torch.device:
-    checks.one_of("device", name, ("auto", "cpu", "cuda"))
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
-    return torch.device(name)
 
 
 def set_determinism(on: bool) -> None:
@@ -50,32 +50,27 @@ def set_determinism(on: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def group(cfg_group) -> tuple[str, dict]:
-    """A config group as (registry name, the other keys as plain values)."""
-    values = OmegaConf.to_container(cfg_group, resolve=True)
-    return values.pop("name"), values
-
-
-def build_estimators(cfg: DictConfig):
-    """The run's estimator and the twin's own (None unless ``estimator@twin_estimator=...`` was chosen)."""
-    def one(cfg_group):
-        name, options = group(cfg_group)
-        return estimators.create(name, **options)
-
-    twin_cfg = OmegaConf.select(cfg, "twin_estimator")
-    return one(cfg.estimator), (one(twin_cfg) if twin_cfg is not None else None)
-
-
-def build_pair(cfg: DictConfig, num_classes: int, device, steps: int, measure: bool = True) -> Pair:
-    """The edge: read the config once, build the pair from plain values."""
-    est, twin_est = build_estimators(cfg)
-    model = build_run(cfg.model.name, num_classes, est, cfg.seed, cfg.model.he_init, **cfg.model.kwargs)
-    opt_name, opt_options = group(cfg.optimizer)
-    spec = resolve_twin(cfg.pair.twin, est, optim.warps(opt_name), cfg.pair.twin_lr_scale, twin_est)
-    return Pair(model.to(device), est, spec, optimizer=opt_name, lr=opt_options.pop("lr"),
-                optimizer_options=opt_options, steps=steps, warmup_frac=cfg.trainer.warmup_frac,
+def pair_from_spec(cfg: DictConfig, spec: RunSpec, device, steps: int, measure: bool = True) -> Pair:
+    """The pair described by ``spec`` (``qatrun.spec.build``), on ``device``, for ``steps`` steps."""
+    model = build_run(spec.model, spec.shape.num_classes, spec.estimator, cfg.seed, spec.he_init,
+                      spec.shape.input_shape, spec.quantize_linear, **spec.model_options)
+    return Pair(model.to(device), spec.estimator, spec.twin, optimizer=spec.optimizer, lr=spec.lr,
+                optimizer_options=dict(spec.optimizer_options), steps=steps, warmup_frac=cfg.trainer.warmup_frac,
                 precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
                 changepoints=cfg.trainer.changepoints, measure=measure)
+
+
+def build_pair(cfg: DictConfig, num_classes: int, device, steps: int, measure: bool = True,
+               input_shape=None) -> Pair:
+    """The pair of ``cfg`` for data of ``num_classes`` classes and ``input_shape`` (C, H, W; default:
+    what the configured dataset states), e.g. for the benchmark's synthetic batches."""
+    shape = None
+    if input_shape is not None:
+        shape = DataShape(tuple(input_shape), num_classes)
+    spec = build_spec(cfg, shape)
+    if input_shape is None and spec.shape.num_classes != num_classes:
+        spec = build_spec(cfg, DataShape(spec.shape.input_shape, num_classes))
+    return pair_from_spec(cfg, spec, device, steps, measure)
 
 
 def log_figures(pair: Pair, step: int, losses: list[float] | None) -> dict:
@@ -102,19 +97,16 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     """Train the pair described by ``cfg``; write TensorBoard events, checkpoints and summary.json."""
     run_dir = Path(run_dir)
     main = dist.is_main()  # under torchrun only rank 0 measures, logs and writes
+    spec = build_spec(cfg)  # every check, as preflight made them
     if main:
         checks.writable_dir(run_dir)
     set_determinism(cfg.deterministic)
-    device = dist.setup(cfg.device) or select_device(cfg.device)
-    data_name, data_options = group(cfg.dataset)
-    data = build_data(data_name, device, cfg.seed, dist.world(), dist.rank(), **data_options)
-    tr = cfg.trainer
-    steps = tr.max_steps if tr.max_steps is not None else tr.epochs * data.steps_per_epoch
-    checks.positive("trainer.max_steps" if tr.max_steps is not None else "trainer.epochs", steps)
-    for key in ("log_every", "eval_every", "checkpoint_every"):
-        checks.positive(f"trainer.{key}", tr[key])
-    checks.positive("optimizer.lr", cfg.optimizer.lr)
-    pair = build_pair(cfg, data.num_classes, device, steps, main)
+    device = dist.setup(cfg.device) or spec.device
+    data = build_data(spec.data, device, cfg.seed, dist.world(), dist.rank(), **spec.data_options)
+    tr, steps = cfg.trainer, spec.steps(data.steps_per_epoch)
+    pair = pair_from_spec(cfg, spec, device, steps, main)
+    if main:
+        print(f"quantized layers ({len(spec.quantized)}): {', '.join(spec.quantized)}")
 
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("resume", None)  # where a run continues is not part of what it computes
@@ -140,39 +132,64 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
 
     last_eval = None  # the figures of the eval at the final step, reused by the summary
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not (tr.progress and main),
-               desc=f"{pair.est.name} vs {pair.spec.mode}", dynamic_ncols=True)
-    t0 = time.time()
-    for step in bar:
-        x, y = data.batch(step)
-        pair.step(step, x, y)
-        done = step + 1
-        if done % tr.log_every == 0 or done == steps:
-            check_finite(pair, run_dir)
-            means = pair.mean_losses()
-            if main:
-                figs = rec.record("log", done, log_figures(pair, done, means))
-                bar.set_postfix({f"{r}_loss": f"{v:.3f}" for r, v in zip(pair.runs, means)}
-                                | ({"agree": f"{figs['pair/quantized_agreement']:.4f}"} if pair.comparer else {}))
-        if main and (done % tr.eval_every == 0 or done == steps):
-            last_eval = log_eval(pair, rec, data, done)
-        if done % tr.checkpoint_every == 0 or done == steps:
-            check_finite(pair, run_dir)
-            if main:
-                ckpt.save(run_dir, done, config, {"pair": pair.state_dict(), "history": rec.state_dict()})
+               desc=f"{describe(pair.est)} vs {pair.spec.role}", dynamic_ncols=True)
+    t0 = last_save = time.time()
+    if main:
+        write_status(run_dir, "running", start, steps)
+    with StopSignals() as stop:
+        for step in bar:
+            x, y = data.batch(step)
+            pair.step(step, x, y)
+            done = step + 1
+            if done % tr.log_every == 0 or done == steps:
+                check_finite(pair, run_dir)
+                means = pair.mean_losses()
+                if main:
+                    figs = rec.record("log", done, log_figures(pair, done, means))
+                    bar.set_postfix({f"{r}_loss": f"{v:.3f}" for r, v in zip(pair.runs, means)}
+                                    | ({"agree": f"{figs['pair/quantized_agreement']:.4f}"} if pair.comparer else {}))
+            if main and (done % tr.eval_every == 0 or done == steps):
+                last_eval = log_eval(pair, rec, data, done)
+            overdue = time.time() - last_save >= 60 * tr.checkpoint_minutes  # a long run never holds more unsaved
+            if done % tr.checkpoint_every == 0 or done == steps or overdue or stop.signum:
+                check_finite(pair, run_dir)
+                if main:
+                    ckpt.save(run_dir, done, config, {"pair": pair.state_dict(), "history": rec.state_dict()})
+                last_save = time.time()
+            if stop.signum and done < steps:
+                bar.close()
+                exc = Interrupted(stop.signum, done, steps, run_dir)
+                if main:
+                    write_status(run_dir, "interrupted", done, steps, signal=signal.Signals(stop.signum).name)
+                    rec.tb.text("status", str(exc))
+                    rec.tb.close()
+                stop.after_checkpoint()
+                raise exc
     bar.close()
     if not main:
         return {}
 
     final_eval = last_eval if last_eval is not None else pair.evaluate(data.test_batches())
     summary = summarize(pair, steps, cfg.seed, final_eval, rec.history, config)
-    rec.tb.hparams(hparam_view(cfg, pair, steps), {k: v for k, v in summary.items() if "/" in k}, steps)
+    summary["quantized_layers"] = list(spec.quantized)
+    why = divergence(rec.history, summary, pair.runs, spec.shape.num_classes)
+    summary["diverged"], summary["diverged_why"] = why is not None, why
+    metrics = {k: summary[k] for k in headline_first(k for k in summary if "/" in k)}
+    rec.tb.hparams(hparam_view(cfg, pair, steps), metrics, steps)
     rec.tb.close()
     sample = pair.weight_sample(tr.scatter_sample, cfg.seed)
     if sample is not None:
         torch.save(sample, run_dir / "weights_sample.pt")
     write_json(run_dir / "summary.json", summary)
+    write_status(run_dir, "diverged" if why else "finished", steps, steps)
     summary["wall_s"] = time.time() - t0
     return summary
+
+
+def write_status(run_dir: Path, state: str, step: int, steps: int, **more) -> None:
+    """``status.json``: running, interrupted (with the signal), finished or diverged, and the step: how the
+    report and a user tell an interrupted run from a finished one."""
+    write_json(run_dir / STATUS, {"state": state, "step": step, "steps": steps, **more})
 
 
 def log_eval(pair: Pair, rec: Recorder, data, step: int) -> dict:
@@ -184,9 +201,10 @@ def log_eval(pair: Pair, rec: Recorder, data, step: int) -> dict:
 
 
 def summarize(pair: Pair, steps: int, seed: int, final_eval: dict, history: dict, config: dict) -> dict:
-    """The final figures (README, "Outputs"), the logged curves and the resolved config."""
+    """The final figures (docs/metrics.md, "Outputs"), the logged curves and the resolved config."""
     est, spec = pair.est, pair.spec
-    out = {"steps": steps, "seed": seed, "estimator": est.name, "twin": spec.mode,
+    out = {"steps": steps, "seed": seed, "estimator": est.name, "estimator_description": describe(est),
+           "twin": spec.mode,
            "alignment_map": "mirror" if spec.init == "mirror" else "identity",
            "alpha": est.alpha if est.in_class else None,
            "twin_lr_factor": spec.lr_factor, "twin_lr_scale": spec.lr_scale, "twin_init": spec.init}
@@ -209,29 +227,28 @@ def summarize(pair: Pair, steps: int, seed: int, final_eval: dict, history: dict
 
 
 def hparam_view(cfg, pair: Pair, steps: int) -> dict:
-    """The HParams columns: what ran, with the estimator's resolved parameters (k = 5.5, not null)."""
+    """The HParams columns: what ran, both estimators with their resolved parameters (k = 5.5, not null),
+    the twin's role and the seed."""
     est = pair.est.params()
-    return {"estimator": cfg.estimator.name, "bits": cfg.estimator.bits, "grid": cfg.estimator.grid,
-            "k": est.get("k", float("nan")), "alpha": pair.est.alpha if pair.est.in_class else float("nan"),
+    twin = pair.spec.estimator
+    return {"estimator": describe(pair.est), "twin_estimator": describe(twin) if twin is not None else "none",
+            "twin_role": pair.spec.role, "bits": cfg.estimator.bits, "grid": cfg.estimator.grid,
+            "k": est.get("k", float("nan")), "shape": str(est.get("shape", "")),
+            "alpha": pair.est.alpha if pair.est.in_class else float("nan"),
             "optimizer": cfg.optimizer.name, "lr": cfg.optimizer.lr, "twin": cfg.pair.twin,
             "twin_init": pair.spec.init, "twin_lr_factor": pair.spec.lr_factor, "twin_lr_scale": cfg.pair.twin_lr_scale,
             "dataset": cfg.dataset.name, "model": cfg.model.name, "steps": steps, "seed": cfg.seed}
 
 
-
-# The end-of-run printout: (figure, its untrained-twin baseline or None).
-SHOWN = [("pair/quantized_agreement", "pair/quantized_agreement_untrained"), ("pair/mover_fraction", None),
-         ("pair/mover_agreement", "pair/mover_agreement_untrained"),
-         ("pair/mover_sequence_agreement", "pair/mover_sequence_agreement_untrained"),
-         ("pair/alignment_error", None), ("pair/alignment_error_mirror", None), ("pair/alignment_error_identity", None),
-         ("pair/inference_agreement", None), ("pair/logit_mse", None), ("est/test_acc", None), ("twin/test_acc", None),
-         ("alpha", None), ("twin_lr_factor", None), ("twin_init", None)]
-
-
 def summary_lines(summary: dict) -> list[str]:
-    """One line per headline figure, with the untrained twin's score beside each agreement."""
+    """What was compared, then one line per headline figure, with the untrained twin's score beside each
+    agreement."""
     lines = []
-    for key, base in SHOWN:
+    if summary.get("twin_description"):
+        opt = summary.get("config", {}).get("optimizer", {})
+        lines.append(f"  {summary.get('estimator_description')} against {summary.get('twin_estimator')}: "
+                     f"{summary['twin_description']} ({summary.get('twin_role')}); {opt.get('name')} lr {opt.get('lr')}")
+    for key, base in printed():
         v = summary.get(key)
         if key not in summary:
             continue

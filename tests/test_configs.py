@@ -5,11 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from qatrun import estimators, optim
+import yaml
+from omegaconf import OmegaConf
+
+from qatrun import estimators, optim, schema
 from qatrun.models import build_model
 from qatrun.optim import build_optimizer
 from qatrun.pair import resolve_twin
-from qatrun.train import build_estimators, group
+from qatrun.spec import build as build_spec
+from qatrun.spec import build_estimators, group
 from tests.conftest import make_cfg
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the top-level configs/, shipped as qatrun.configs
@@ -19,11 +23,65 @@ def options(group):
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
-def test_groups_present():
-    assert options("estimator") == ["approxsign", "custom", "dsq_anneal", "ewgs", "pwl", "qnet", "ste", "tanh"]
-    assert options("optimizer") == ["adam", "sgd"]
-    assert {"mnist", "imagenet", "synthetic"} <= set(options("dataset"))
-    assert {"small_cnn", "resnet18", "resnet50"} <= set(options("model"))
+FAMILIES = ("dataset", "model", "optimizer", "estimator")
+
+
+def help_lists() -> dict:
+    """``qatrun --help``'s group lists, parsed from the rendered text."""
+    text, out, cur = schema.help_text("groups"), {}, None
+    for line in text.splitlines():
+        head = line.split()[0] if line.strip() else ""
+        if line.startswith("  ") and not line.startswith("   ") and head:
+            cur = head
+            line = line[len("  ") + len(head):]
+        if cur and not line.strip().startswith("("):
+            out.setdefault(cur, []).extend(w.strip() for w in line.split(",") if w.strip())
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_registry_yaml_and_help_name_the_same_options(family):
+    registry = schema.FAMILIES[family][0]
+    assert len(registry.names()) >= 3
+    assert registry.names() == options(family) == sorted(help_lists()[family])
+
+
+def test_help_lists_every_preset():
+    assert help_lists()["experiment"] == options("experiment")
+
+
+@pytest.mark.parametrize("family,name", [(f, n) for f in FAMILIES for n in options(f)])
+def test_yaml_gives_exactly_the_builders_keys(family, name):
+    """Each YAML option sets every key its schema (shared fields + the builder's parameters) has, no other."""
+    text = yaml.safe_load((CONFIGS / family / f"{name}.yaml").read_text())
+    assert set(text) - {"defaults"} == set(schema.fields_of(family, name))
+    node = make_cfg(f"{family}={name}", tiny=False)[family]
+    assert set(node) == set(schema.fields_of(family, name))
+    assert not [k for k in node if OmegaConf.is_missing(node, k)]
+
+
+def test_a_new_optimizer_is_one_builder_and_one_yaml(tmp_path):
+    """Register a builder, drop its YAML on the search path: it composes, typed, and builds."""
+    @optim.OPTIMIZERS.register("test_sgd_plain", twin_rule="warp", why="test")
+    def test_sgd_plain(groups, lr: float, dampening: float):
+        return torch.optim.SGD(groups, lr=lr, dampening=dampening)
+
+    try:
+        schema.register()
+        (tmp_path / "optimizer").mkdir()
+        (tmp_path / "optimizer" / "test_sgd_plain.yaml").write_text(
+            "defaults:\n  - /schema/optimizer/test_sgd_plain@_here_\n  - _self_\nname: test_sgd_plain\n"
+            "lr: 0.05\ndampening: 0.1\n")
+        search = f"hydra.searchpath=[file://{tmp_path}]"
+        cfg = make_cfg("optimizer=test_sgd_plain", search)
+        assert cfg.optimizer.dampening == 0.1
+        with pytest.raises(Exception, match="dampening"):
+            make_cfg("optimizer=test_sgd_plain", "optimizer.dampening=abc", search)
+        spec = build_spec(cfg)
+        assert (spec.optimizer, spec.lr, spec.optimizer_options) == ("test_sgd_plain", 0.05, {"dampening": 0.1})
+        assert spec.twin.role == "warped"  # its twin rule drives pair.twin=auto
+    finally:
+        optim.OPTIMIZERS._items.pop("test_sgd_plain"), optim.OPTIMIZERS._meta.pop("test_sgd_plain")
 
 
 @pytest.mark.parametrize("name", options("estimator"))
@@ -46,7 +104,10 @@ def test_optimizer_options_instantiate(name):
 @pytest.mark.parametrize("name", options("model"))
 def test_model_options_build(name):
     cfg = make_cfg(f"model={name}")
-    model = build_model(cfg.model.name, num_classes=10, **cfg.model.kwargs)
+    options = {k: v for k, v in group(cfg.model)[1].items() if k not in ("he_init", "quantize_linear", "target")}
+    if name == "custom":
+        options = {"target": "tests.usercode:tiny_net"}
+    model = build_model(cfg.model.name, 10, (1, 28, 28), **options)
     assert sum(p.numel() for p in model.parameters()) > 0
 
 

@@ -107,7 +107,7 @@ def test_distributed_samplers(tree):
 def test_error_missing_root(tmp_path):
     with pytest.raises(DatasetError, match="does not exist.*root/train/<class>/\\*.JPEG"):
         loaders(tmp_path / "nope")
-    with pytest.raises(DatasetError, match="no ImageNet root"):
+    with pytest.raises(DatasetError, match="no dataset.root given"):
         loaders("")
 
 

@@ -11,12 +11,14 @@ PKG = Path(__file__).resolve().parents[1] / "qatrun"
 # Floors, bottom up: a module may import only from strictly lower floors (or, inside a
 # subpackage, from its own siblings when that makes no circle).
 FLOORS = [
-    {"qatrun", "qatrun.checks", "qatrun.files", "qatrun.config", "qatrun.registry", "qatrun.shapes", "qatrun.schema",
-     "qatrun.device"},
+    {"qatrun", "qatrun.checks", "qatrun.files", "qatrun.config", "qatrun.registry", "qatrun.shapes",
+     "qatrun.device", "qatrun.userimport", "qatrun.metricnames",
+     "qatrun.stop", "qatrun.health"},
     {"qatrun.quant", "qatrun.dist", "qatrun.tblog", "qatrun.record"},
     {"qatrun.estimators", "qatrun.metrics", "qatrun.models", "qatrun.data", "qatrun.optim", "qatrun.checkpoint"},
-    {"qatrun.layers"},
-    {"qatrun.pair"},
+    {"qatrun.layers", "qatrun.twin"},
+    {"qatrun.pair", "qatrun.schema"},
+    {"qatrun.spec"},
     {"qatrun.train"},
     {"qatrun.preflight", "qatrun.bench", "qatrun.report"},
     {"qatrun.sweep"},

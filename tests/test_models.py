@@ -20,7 +20,7 @@ N_CONVS = {"resnet18": 20, "resnet50": 53}
 
 
 def test_registry_names():
-    assert set(model_names()) == {"small_cnn", "resnet18", "resnet50"} == set(MODELS)
+    assert {"small_cnn", "resnet18", "resnet50", "torchvision", "custom"} == set(model_names()) == set(MODELS)
 
 
 def test_unknown_model_lists_valid_names():
@@ -28,8 +28,8 @@ def test_unknown_model_lists_valid_names():
         build_model("resnet51", 10)
     for name in ("small_cnn", "resnet18", "resnet50"):
         assert name in str(e.value)
-    with pytest.raises(ValueError, match="valid models"):
-        quantized_names("vgg", nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="no nn.Linear classifier"):
+        quantized_names(nn.Conv2d(2, 2, 1))
 
 
 def test_bad_option_is_value_error():
@@ -42,22 +42,22 @@ def test_small_cnn_shapes_and_layers():
     x = torch.randn(5, 1, 28, 28)
     assert model(x).shape == (5, 10)
     assert model.fc1.in_features == 64 * 7 * 7
-    assert quantized_names("small_cnn", model) == ["conv1", "conv2"]
-    assert float_names("small_cnn", model) == ["fc1", "fc2"]
+    assert quantized_names(model) == ["conv1", "conv2"]
+    assert float_names(model) == ["fc1", "fc2"]
     assert classifier_name(model) == "fc2" and default_skip(model) == ["fc2"]
 
 
 def test_small_cnn_options():
-    model = build_model("small_cnn", 7, in_channels=3, width=8, hidden=16, image_size=32)
+    model = build_model("small_cnn", 7, (3, 32, 32), width=8, hidden=16)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
     with pytest.raises(ValueError, match="divisible by 4"):
-        build_model("small_cnn", 10, image_size=30)
+        build_model("small_cnn", 10, (1, 30, 30))
 
 
 def test_small_cnn_quantize_and_backward():
     model = build_model("small_cnn", 10)
     est = estimators.create("tanh", bits=2)
-    layers = quantize_model(model, est, skip=float_names("small_cnn", model), reinit=True)
+    layers = quantize_model(model, est, skip=float_names(model), reinit=True)
     assert [n for n, _ in layers] == ["conv1", "conv2"]
     assert type(model.fc1) is nn.Linear and type(model.fc2) is nn.Linear
     model(torch.randn(3, 1, 28, 28)).sum().backward()
@@ -70,13 +70,13 @@ def test_small_cnn_quantize_and_backward():
 def test_resnet_quantize_convs_only(name):
     torch.manual_seed(0)
     model = build_model(name, 10)
-    q_names = quantized_names(name, model)
+    q_names = quantized_names(model)
     n_conv = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     assert n_conv == N_CONVS[name] == len(q_names)
-    assert float_names(name, model) == ["fc"] and classifier_name(model) == "fc"
+    assert float_names(model) == ["fc"] and classifier_name(model) == "fc"
 
     est = estimators.create("tanh", bits=2)
-    layers = quantize_model(model, est, skip=float_names(name, model), reinit=True)
+    layers = quantize_model(model, est, skip=float_names(model), reinit=True)
     assert [n for n, _ in layers] == q_names
     assert len(quant_layers(model)) == N_CONVS[name]
     assert all(isinstance(layer, QuantConv2d) for _, layer in layers)

@@ -128,7 +128,7 @@ def test_checkpoint_from_another_model(tmp_path):
 
 BAD = [
     (["estimator.name=dsq"], "valid estimators: approxsign, custom, dsq_anneal, ewgs, pwl, qnet, ste, tanh"),
-    (["optimizer.name=lion"], "valid optimizers: adam, adamw, sgd"),
+    (["optimizer.name=lion"], "unknown optimizer 'lion'; valid optimizers: adadelta, adagrad, adam, adamax"),
     (["model.name=vgg"], "valid models"),
     (["dataset.name=cifar"], "valid datasets"),
     (["estimator.bits=9"], "bits must be an integer from 1 to 8"),
@@ -136,9 +136,9 @@ BAD = [
     (["estimator.k=-1"], "sharpness k must be positive"),
     (["optimizer.lr=-0.1"], "optimizer.lr must be positive"),
     (["dataset.batch_size=0"], "dataset.batch_size must be a positive integer"),
-    (["trainer.max_steps=0"], "trainer.max_steps must be positive"),
-    (["trainer.max_steps=null", "trainer.epochs=0"], "trainer.epochs must be positive"),
-    (["trainer.log_every=0"], "trainer.log_every must be positive"),
+    (["trainer.max_steps=0"], "trainer.max_steps must be a positive integer, got 0"),
+    (["trainer.max_steps=null", "trainer.epochs=0"], "trainer.epochs must be a positive integer, got 0"),
+    (["trainer.log_every=0"], "trainer.log_every must be a positive integer"),
     (["estimator=ewgs", "pair.twin=auto"], "outside the paper's class"),
     (["pair.twin=mirror"], "valid: auto, none"),
     (["estimator=custom", "estimator.shape=no_such_pkg.fn"], "cannot import module"),

@@ -41,7 +41,8 @@ def test_hparams_resolved_and_no_duplicated_scalars(events):
     start = next(plugin_data_pb2.HParamsPluginData.FromString(v).session_start_info
                  for k, v in data.items() if k.endswith("session_start_info"))
     hp = {k: (v.number_value if v.HasField("number_value") else v.string_value) for k, v in start.hparams.items()}
-    assert hp["k"] == 5.5 and hp["estimator"] == "tanh" and hp["grid"] == "he_uniform"
+    assert hp["k"] == 5.5 and hp["estimator"] == "tanh(k=5.5)" and hp["grid"] == "he_uniform"
+    assert hp["twin_role"] == "warped" and hp["twin_estimator"].startswith("ste")
     assert hp["dataset"] == "mnist" and hp["steps"] == 10 and hp["twin"] == "auto" and hp["twin_init"] == "mirror"
     scalars = events.Tags()["scalars"]
     assert not [t for t in scalars if t.startswith("hparams/")]
@@ -49,6 +50,7 @@ def test_hparams_resolved_and_no_duplicated_scalars(events):
                for k, v in data.items() if k.endswith("experiment"))
     metrics = [m.name.tag for m in exp.metric_infos]
     assert "pair/quantized_agreement" in metrics and "pair/sequence_agreement" in metrics
+    assert metrics[0] == "pair/mover_agreement"  # the headline first (qatrun.metricnames)
     assert set(metrics) <= set(scalars)  # every HParams metric reads a scalar of the same tag
     # change-point and mover figures are logged with the weight figures, and the summary adds no extra point
     assert [e.step for e in events.Scalars("pair/sequence_agreement")] == [0, 5, 10]

@@ -19,3 +19,38 @@ def test_a_repeated_seed_counts_once(tmp_path):
     (after,) = report.report([tmp_path / "a"], tmp_path / "out2", formats=["png"], pair_figs=False)["verdicts"]
     assert after["gap_closed"] == before["gap_closed"] and after["verdict"] == "supports"
     assert "(2 seeds)" in after["text"]
+
+
+def _adaptive_family(root, with_role: bool):
+    """RMSprop runs: the plain STE twin (the predicted one under an identity rule) and the jitter floor."""
+    from tests.test_report import write_run
+
+    for name, twin, scale, agree, role in (("plain", "auto", 1.0, 0.97, "plain_ste"), ("jitter", "self", 1.01, 0.98,
+                                                                                          "jitter")):
+        d = root / name / "0"
+        write_run(d, twin=twin, seed=0, weights=False)
+        s = json.loads((d / "summary.json").read_text())
+        s.update({"twin_init": "identity", "twin_lr_factor": 1.0, "twin_lr_scale": scale, "pair/mover_agreement": agree,
+                  "pair/mover_fraction": 0.04, "pair/mover_agreement_untrained": 0.08})
+        if with_role:
+            s.update({"twin_role": role, "twin_predicted": role == "plain_ste", "twin_rule": "identity"})
+        s["config"]["pair"] = {"twin": twin, "twin_lr_scale": scale}
+        s["config"]["optimizer"] = {"name": "rmsprop", "lr": 0.001}
+        (d / "summary.json").write_text(json.dumps(s))
+    return report.report([root], root / "out", formats=["png"], pair_figs=False)["verdicts"]
+
+
+def test_roles_come_from_the_summarys_twin_role(tmp_path):
+    """A new adaptive optimizer's predicted twin is read from twin_role; the old derivation (which knew
+    only optimizer names starting with 'adam') finds no predicted pair in the same runs."""
+    (v,) = _adaptive_family(tmp_path / "new", with_role=True)
+    assert v["optimizer"] == "rmsprop" and "the plain STE twin (same init, same lr)" in v["text"]
+    assert v["verdict"] == "supports"  # 97% against an untrained 8% and a jitter floor of 98%
+    assert _adaptive_family(tmp_path / "old", with_role=False) == []
+
+
+def test_old_summaries_without_twin_role_keep_their_roles(tmp_path):
+    from tests.test_report import family
+
+    (v,) = family(tmp_path, {"warped": 0.97, "no_warp": 0.70, "jitter": 0.98})["verdicts"]
+    assert v["verdict"] == "supports" and "warped pair" in v["text"]

@@ -2,7 +2,7 @@
 
 One process, one fixed batch (synthetic, generated on the device), several configurations of the
 same architecture, measured after warm-up in interleaved rounds (median over rounds per config).
-The qatrun config is the default one (``configs/config.yaml``, README "Configuration reference":
+The qatrun config is the default one (``configs/config.yaml``, docs/configuration.md:
 the tanh estimator, SGD with momentum, the adjusted-STE twin of arXiv 2405.05171, logging every
 ``trainer.log_every`` steps) with the case's model, precision and memory format, and
 ``trainer.warmup_frac=0`` so that the weights move from the first timed step on:

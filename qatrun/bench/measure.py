@@ -127,7 +127,8 @@ def profile_pair(runner: QatLoop, iterations: int = 1, top: int = 12) -> dict:
 
 def _builders(case: Case, cfg, x, y) -> dict:
     """name -> (build, compiled, eager rebuild or None: dropped when its compile fails)."""
-    kw = dict(seed=cfg.seed, model_kwargs=dict(cfg.model.kwargs))  # the same architecture as the qatrun runs
+    model_options = {k: v for k, v in group(cfg.model)[1].items() if k not in ("he_init", "quantize_linear")}
+    kw = dict(seed=cfg.seed, model_kwargs=model_options)  # the same architecture as the qatrun runs
     opt = group(cfg.optimizer)
     qat = lambda c, pair: lambda: QatLoop(c, x, y, case.num_classes, pair)  # noqa: E731
     out = {"plain": (lambda: PlainStep(case, x, y, opt, **kw), False, None)}

@@ -1,4 +1,4 @@
-"""The printed ``qatrun-bench`` table of one case and the run's metadata (README, "Benchmarks")."""
+"""The printed ``qatrun-bench`` table of one case and the run's metadata (docs/benchmarks.md)."""
 
 from __future__ import annotations
 

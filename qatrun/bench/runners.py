@@ -69,7 +69,7 @@ class PlainStep:
     def __init__(self, case: Case, x, y, optimizer: tuple[str, dict], compiled: bool = False, seed: int = 0,
                  model_kwargs=None):
         torch.manual_seed(seed)
-        model = build_model(case.model, num_classes=case.num_classes, **(model_kwargs or {})).to(x.device)
+        model = build_model(case.model, case.num_classes, tuple(x.shape[1:]), **(model_kwargs or {})).to(x.device)
         self.fmt = torch.channels_last if case.channels_last else torch.contiguous_format
         model = model.to(memory_format=self.fmt)
         self.model = model
@@ -106,7 +106,7 @@ class QatLoop:
         if not pair:
             cfg = OmegaConf.merge(cfg, {"pair": {"twin": "none"}})
         self.cfg, self.x, self.y = cfg, x, y
-        self.pair = build_pair(cfg, num_classes, x.device, SCHEDULE_STEPS)
+        self.pair = build_pair(cfg, num_classes, x.device, SCHEDULE_STEPS, input_shape=tuple(x.shape[1:]))
         self.rec = Recorder()
         self.step = 0
         self.log_every = cfg.trainer.log_every

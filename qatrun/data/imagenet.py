@@ -74,26 +74,26 @@ def _class_folders(split_dir: str, split: str) -> list[str]:
             if images
             else ""
         )
-        raise DatasetError(f"ImageNet {split} split {split_dir} has no class folders{hint}; {LAYOUT}")
+        raise DatasetError(f"the {split} split {split_dir} has no class folders{hint}; {LAYOUT}")
     return classes
 
 
 def check_imagenet_root(root) -> list[str]:
     """Check the folder layout (not every file); returns the class names, sorted."""
     if root is None or str(root) == "":
-        raise DatasetError(f"no ImageNet root given (data.root); {LAYOUT}")
+        raise DatasetError(f"no dataset.root given; {LAYOUT}")
     root = os.fspath(root)
     if not os.path.exists(root):
-        raise DatasetError(f"ImageNet root {root} does not exist; {LAYOUT}")
+        raise DatasetError(f"dataset.root={root} does not exist; {LAYOUT}")
     if not os.path.isdir(root):
-        raise DatasetError(f"ImageNet root {root} is not a directory; {LAYOUT}")
+        raise DatasetError(f"dataset.root={root} is not a directory; {LAYOUT}")
     found = {}
     for split in SPLITS:
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
             there = sorted(os.listdir(root))
             raise DatasetError(
-                f"ImageNet root {root} has no {split}/ folder (it holds: {_short_list(there) or 'nothing'}); {LAYOUT}"
+                f"dataset.root={root} has no {split}/ folder (it holds: {_short_list(there) or 'nothing'}); {LAYOUT}"
             )
         found[split] = _class_folders(split_dir, split)
     train, val = found["train"], found["val"]
@@ -105,7 +105,7 @@ def check_imagenet_root(root) -> list[str]:
         if extra:
             parts.append(f"{len(extra)} val classes not in train/ ({_short_list(extra)})")
         raise DatasetError(
-            f"ImageNet root {root}: train/ has {len(train)} classes and val/ has {len(val)}, "
+            f"dataset.root={root}: train/ has {len(train)} classes and val/ has {len(val)}, "
             f"the class lists differ: {'; '.join(parts)}; {LAYOUT}"
         )
     return train
@@ -116,9 +116,9 @@ def _image_folder(root: str, split: str, transform) -> datasets.ImageFolder:
     try:
         ds = datasets.ImageFolder(split_dir, transform=transform)
     except FileNotFoundError as e:  # a class folder without any image file
-        raise DatasetError(f"ImageNet {split} split {split_dir}: {e}; {LAYOUT}") from e
+        raise DatasetError(f"the {split} split {split_dir}: {e}; {LAYOUT}") from e
     if len(ds) == 0:
-        raise DatasetError(f"ImageNet {split} split {split_dir} has no images; {LAYOUT}")
+        raise DatasetError(f"the {split} split {split_dir} has no images; {LAYOUT}")
     return ds
 
 

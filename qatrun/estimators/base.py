@@ -31,7 +31,7 @@ import torch
 from qatrun.quant import Grid
 from qatrun.registry import Registry
 
-ESTIMATORS: Registry = Registry("estimator")
+ESTIMATORS: Registry = Registry("estimator", supplied=("grid",))  # the grid comes from bits and grid
 
 # A mapped clipping edge closer than this (in units of m) to -m or m keeps the plain range [-m, m].
 EDGE_TOL = 1e-9

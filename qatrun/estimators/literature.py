@@ -1,4 +1,4 @@
-"""Estimators from the QAT literature, with their class membership decided (arXiv 2405.05171, README
+"""Estimators from the QAT literature, with their class membership decided (arXiv 2405.05171, docs/estimators.md,
 "Estimators from the literature").
 
 * ``qnet``: the sum-of-sigmoids soft quantizer of Quantization Networks: bounded away from zero

@@ -1,4 +1,4 @@
-"""Every figure that compares the two runs of a pair (arXiv 2405.05171; README, "Metric definitions").
+"""Every figure that compares the two runs of a pair (arXiv 2405.05171; docs/metrics.md, "Metric definitions").
 
 * ``weights``: quantized agreement and alignment of the quantized weights (:class:`WeightComparer`);
 * ``function``: function agreement of the test-set logits (:class:`FunctionAgreement`) and the

@@ -1,74 +1,183 @@
-"""The model registry: name -> builder of a plain float ``nn.Module``.
+"""The model registry: name -> builder of a plain float ``nn.Module``, and the one quantization rule.
 
-Every builder takes ``num_classes`` plus its own keyword options and returns an untrained float
-model whose classifier is its last ``nn.Linear`` (what ``qatrun.layers.default_skip`` finds).
-Which layers a run quantizes is a property of the model, not of the runner:
-``quantized_names(name, model)`` lists them (for every model here: all ``nn.Conv2d``; the paper
-keeps the dense layers, classifier included, in float), and ``float_names(name, model)`` lists
-the other Conv2d/Linear layers, i.e. the ``skip`` argument of ``qatrun.layers.quantize_model``::
+Every builder takes ``num_classes`` and ``input_shape`` ``(channels, height, width)`` (both from the
+data: the run passes what its dataset states) plus its own keyword options, the keys of its YAML file
+in ``configs/model/``, and returns an untrained float model whose classifier is its last ``nn.Linear``.
+
+Which layers a run quantizes is one rule for every model (``quantized_names``): every ``nn.Conv2d``,
+and with ``quantize_linear`` every other ``nn.Linear``; the classifier stays float, as in the paper,
+where the dense layers are kept in float. ``float_names`` is the complement, the ``skip`` argument of
+``qatrun.layers.quantize_model``::
 
     model = build_model("resnet50", 1000, bn_momentum=0.9)
-    layers = quantize_model(model, estimator, skip=float_names("resnet50", model), reinit=True)
-    assert [n for n, _ in layers] == quantized_names("resnet50", model)
+    layers = quantize_model(model, estimator, skip=float_names(model), reinit=True)
+    assert [n for n, _ in layers] == quantized_names(model)
 
-(Call both on the float model, before ``quantize_model`` swaps the layer types.)
+(Call both on the float model, before ``quantize_model`` swaps the layer types.) ``check_model``
+builds a model on the meta device and runs one forward pass of the data's shape: preflight's way of
+refusing a model that cannot take the data, in one line, before anything is created.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
+from typing import Any, Dict, Tuple
 
+import torch
 import torch.nn as nn
 
 from qatrun.models.resnet import resnet18, resnet50
 from qatrun.models.small_cnn import small_cnn
 from qatrun.registry import Registry
+from qatrun.userimport import resolve
+
+# The builder parameters the run fills in from the data (not config keys).
+SUPPLIED = ("num_classes", "input_shape")
+MODELS: Registry = Registry("model", supplied=SUPPLIED)
+MODELS.register("small_cnn")(small_cnn)
+MODELS.register("resnet18")(resnet18)
+MODELS.register("resnet50")(resnet50)
+
+# torchvision builders that need options to return plain logits (no auxiliary heads in training mode).
+_TV_EXTRA = {"googlenet": {"aux_logits": False, "init_weights": True},
+             "inception_v3": {"aux_logits": False, "init_weights": True}}
 
 
-def _conv_names(model: nn.Module) -> list[str]:
-    return [n for n, mod in model.named_modules() if isinstance(mod, nn.Conv2d)]
+def torchvision_archs() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-# name -> builder; meta: the input shape (C, H, W) the model was designed for (the data pipeline
-# decides the real one) and ``quantized(model)``, the module names to quantize, in module order.
-MODELS: Registry = Registry("model")
-MODELS.register("small_cnn", input_shape=(1, 28, 28), quantized=_conv_names)(small_cnn)
-MODELS.register("resnet18", input_shape=(3, 224, 224), quantized=_conv_names)(resnet18)
-MODELS.register("resnet50", input_shape=(3, 224, 224), quantized=_conv_names)(resnet50)
+def _first_conv_in(model: nn.Module, in_channels: int) -> None:
+    """Give the model's first Conv2d ``in_channels`` inputs (a new, untrained layer of the same kind)."""
+    name, conv = next(((n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d), (None, None))
+    if conv is None or conv.in_channels == in_channels:
+        return
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups if conv.groups == 1 else in_channels, conv.bias is not None, conv.padding_mode,
+                    device=conv.weight.device)
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+@MODELS.register("torchvision")
+def torchvision_model(num_classes: int = 1000, input_shape: Tuple[int, int, int] = (3, 224, 224),
+                      arch: str = "resnet18") -> nn.Module:
+    """Any torchvision classification builder, untrained (``weights=None``), its first convolution
+    adapted to the data's channels (ViTs also to its image size)."""
+    import torchvision
+
+    archs = torchvision_archs()
+    if arch not in archs:
+        near = difflib.get_close_matches(str(arch).lower(), archs, n=3)
+        hint = f"did you mean {', '.join(near)}? " if near else ""
+        raise ValueError(f"unknown model.arch {arch!r}; {hint}valid: any torchvision classification model "
+                         f"({len(archs)}: {', '.join(archs[:6])}, ...; torchvision.models.list_models())")
+    extra = dict(_TV_EXTRA.get(arch, {}))
+    if arch.startswith("vit_"):
+        extra["image_size"] = input_shape[1]
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **extra)
+    _first_conv_in(model, input_shape[0])
+    return model
+
+
+@MODELS.register("custom")
+def custom_model(num_classes: int = 10, input_shape: Tuple[int, int, int] = (1, 28, 28), target: str | None = None,
+                 options: Dict[str, Any] | None = None) -> nn.Module:
+    """The user's own builder ``target`` (``pkg.module:build``), called with whichever of ``num_classes``,
+    ``input_shape``, ``in_channels`` and ``image_size`` it accepts, plus ``options``."""
+    if not target:
+        raise ValueError("model=custom needs model.target=pkg.module:build, a function returning your nn.Module")
+    fn = resolve(target, "model.target")
+    given = {"num_classes": num_classes, "input_shape": tuple(input_shape), "in_channels": input_shape[0],
+             "image_size": input_shape[1]}
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in given.items() if takes_all or k in params} | dict(options or {})
+    try:
+        model = fn(**kwargs)
+    except Exception as exc:
+        raise ValueError(f"model.target={target} raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model.target={target} must return an nn.Module, got {type(model).__name__}")
+    return model
 
 
 def model_names() -> list[str]:
     return MODELS.names()
 
 
-def input_shape(name: str) -> tuple[int, int, int]:
-    return MODELS.meta(name)["input_shape"]
-
-
-def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Build the float model ``name`` with ``num_classes`` outputs and its own keyword options."""
+def build_model(name: str, num_classes: int, input_shape=None, **kwargs) -> nn.Module:
+    """Build the float model ``name`` with ``num_classes`` outputs for ``input_shape`` (C, H, W) inputs
+    (default: the builder's own) and its own keyword options."""
+    if input_shape is not None:
+        kwargs["input_shape"] = tuple(int(s) for s in input_shape)
     return MODELS.build(name, num_classes=num_classes, **kwargs)
-
-
-def quantized_names(name: str, model: nn.Module) -> list[str]:
-    """Names (in module order) of the layers of ``model`` that the paper quantizes."""
-    return MODELS.meta(name)["quantized"](model)
-
-
-def float_names(name: str, model: nn.Module) -> list[str]:
-    """The Conv2d/Linear layers that stay float: the ``skip`` list for ``quantize_model``."""
-    q = set(quantized_names(name, model))
-    return [n for n, mod in model.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear)) and n not in q]
 
 
 def classifier_name(model: nn.Module) -> str:
     """Module name of the classifier: the last ``nn.Linear`` (float or quantized)."""
     names = [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear)]
     if not names:
-        raise ValueError("classifier_name: the model has no nn.Linear layer")
+        last = next((type(m).__name__ for _, m in reversed(list(model.named_modules())) if not list(m.children())), "?")
+        raise ValueError(f"the model has no nn.Linear classifier (its last layer is a {last}); qatrun keeps the "
+                         "classifier, the last nn.Linear, in float: end the model with an nn.Linear")
     return names[-1]
 
 
+def quantized_names(model: nn.Module, quantize_linear: bool = False) -> list[str]:
+    """The layers a run quantizes, in module order: every Conv2d, and with ``quantize_linear`` every
+    Linear but the classifier."""
+    head = classifier_name(model)
+    kinds = (nn.Conv2d, nn.Linear) if quantize_linear else (nn.Conv2d,)
+    return [n for n, mod in model.named_modules() if type(mod) in kinds and n != head]
+
+
+def float_names(model: nn.Module, quantize_linear: bool = False) -> list[str]:
+    """The Conv2d/Linear layers that stay float: the ``skip`` list for ``quantize_model``."""
+    q = set(quantized_names(model, quantize_linear))
+    return [n for n, mod in model.named_modules() if type(mod) in (nn.Conv2d, nn.Linear) and n not in q]
+
+
+def check_model(name: str, options: dict, input_shape, num_classes: int, quantize_linear: bool = False) -> list[str]:
+    """Build ``name`` on the meta device (no memory, no time) and run one forward pass of a batch shaped
+    like the data: a model that cannot take it, or has no classifier, or no layer to quantize, is a
+    ``ValueError`` in one line. Returns the names of the layers a run would quantize."""
+    shape = "x".join(map(str, input_shape))
+    label = f"model={name}" + (f" model.arch={options['arch']}" if "arch" in options else "")
+
+    def forward(device):  # a build error (unknown arch, bad option) is the user's: it propagates
+        with torch.device(device), torch.no_grad():
+            model = build_model(name, num_classes, input_shape, **options)
+            model.eval()
+            try:
+                return model, model(torch.empty(2, *input_shape).uniform_()), None
+            except Exception as exc:
+                return model, None, exc
+
+    model, out, err = forward("meta")
+    if err is not None:  # a user's model may do what the meta device cannot (.item(), a numpy round trip)
+        model, out, err = forward("cpu")
+    if err is not None:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{label} cannot take this dataset's {shape} inputs ({msg}); choose another model or "
+                         "larger images (dataset.image_size, where the dataset has it)")
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{label} must return logits shaped (batch, {num_classes}) for this dataset, got {got}")
+    names = quantized_names(model, quantize_linear)
+    if not names:
+        raise ValueError(f"{label} has no Conv2d{'/Linear' if quantize_linear else ''} layer to quantize besides "
+                         "its classifier" + ("" if quantize_linear else "; try model.quantize_linear=true"))
+    return names
+
+
 __all__ = [
-    "MODELS", "build_model", "input_shape", "model_names", "quantized_names",
-    "float_names", "classifier_name", "small_cnn", "resnet18", "resnet50",
+    "MODELS", "SUPPLIED", "build_model", "check_model", "model_names", "quantized_names", "float_names",
+    "classifier_name", "small_cnn", "resnet18", "resnet50", "torchvision_archs",
 ]

@@ -17,6 +17,7 @@ default initialization; the runner re-draws the quantized weights He-uniform its
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Tuple
 
 import torch.nn as nn
 
@@ -25,22 +26,22 @@ from qatrun import checks
 
 def small_cnn(
     num_classes: int = 10,
-    in_channels: int = 1,
+    input_shape: Tuple[int, int, int] = (1, 28, 28),
     width: int = 32,
     hidden: int = 256,
-    image_size: int = 28,
 ) -> nn.Sequential:
     """The MNIST CNN; modules ``conv1, relu1, pool1, conv2, relu2, pool2, flatten, fc1, relu3, fc2``.
 
-    ``fc2`` (the last Linear) is the classifier. ``image_size`` (square input side) only sets the
-    flattened size: it must be divisible by 4.
+    ``fc2`` (the last Linear) is the classifier. ``input_shape`` ``(channels, height, width)`` sets the
+    first convolution's inputs and the flattened size: height and width must be divisible by 4.
     """
+    in_channels, height, width_px = (int(s) for s in input_shape)
     for key, val in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width),
-                     ("hidden", hidden), ("image_size", image_size)):
+                     ("hidden", hidden), ("height", height), ("width", width_px)):
         checks.positive_int(f"small_cnn: {key}", val)
-    if image_size % 4:
-        raise ValueError(f"small_cnn: image_size must be divisible by 4 (two 2x2 poolings), got {image_size}")
-    side = image_size // 4
+    if height % 4 or width_px % 4:
+        raise ValueError(f"model=small_cnn needs an image height and width divisible by 4 (two 2x2 poolings), "
+                         f"got {height}x{width_px}; resize the data (dataset.image_size) or choose another model")
     return nn.Sequential(
         OrderedDict(
             [
@@ -51,7 +52,7 @@ def small_cnn(
                 ("relu2", nn.ReLU()),
                 ("pool2", nn.AvgPool2d(2)),
                 ("flatten", nn.Flatten()),
-                ("fc1", nn.Linear(2 * width * side * side, hidden)),
+                ("fc1", nn.Linear(2 * width * (height // 4) * (width_px // 4), hidden)),
                 ("relu3", nn.ReLU()),
                 ("fc2", nn.Linear(hidden, num_classes)),
             ]

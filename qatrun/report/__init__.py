@@ -6,7 +6,7 @@
     tables.py   table.md / table.csv
     cli.py      report(): everything into one output directory; main(): the command line
 
-The metrics are defined in the README, section Metric definitions; the claim they test is
+The metrics are defined in docs/metrics.md, "Metric definitions"; the claim they test is
 arXiv 2405.05171 ("Custom Gradient Estimators are Straight-Through Estimators in Disguise").
 """
 

@@ -52,7 +52,7 @@ Metrics: over the weights that changed level (movers) the agreement of final lev
 sequences, beside what an untrained twin would score; quantized agreement over all weights;
 alignment error through the mirror map M and through the identity (distance between the mapped
 estimator weights and the twin's, over the twin's distance travelled); change-point error,
-inference agreement, logit MSE; the README's section "Metric definitions" defines each."""
+inference agreement, logit MSE; docs/metrics.md, "Metric definitions", defines each."""
 
 EPILOG = """\
 examples:
@@ -109,7 +109,8 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
     write_tables(comparisons, out)
     vs = verdicts(runs)
     drift_rows = drift_table(drifting)
-    (out / "findings.md").write_text(findings_markdown(vs, law, drift_markdown(drift_rows)))
+    kept_out = [f"* {n}\n" for n in notes if "diverged and are kept out" in n]  # divergence is a finding too
+    (out / "findings.md").write_text(findings_markdown(vs, law, drift_markdown(drift_rows) + kept_out))
     result = jsonable({"comparisons": comparisons, "lr_law": law, "verdicts": vs, "drift": drift_rows,
                        "pairs": pairs, "notes": notes})
     write_json(out / "summary.json", result)

@@ -1,7 +1,7 @@
 """Drift over training: several pairs overlaid, mover agreement and alignment error against the step.
 
 The correspondence between an estimator and its adjusted STE twin is first order in the learning
-rate (arXiv 2405.05171; README "Method"), so a pair drifts apart as training goes on. This figure
+rate (arXiv 2405.05171; docs/method.md), so a pair drifts apart as training goes on. This figure
 puts pairs trained for the same number of steps side by side (for example warped SGD, the plain STE
 twin and Adam), each beside the agreement an untrained twin would score in the same run, and
 ``drift_table`` reads the same curves at fixed fractions of training for ``findings.md``.

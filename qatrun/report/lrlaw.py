@@ -24,6 +24,8 @@ def describe(run: Run) -> str:
     lr_warp = abs(run.value("twin_lr_factor") - 1) > 1e-12
     if twin == "self":
         return f"{opt}, the estimator against itself"
+    if run.summary.get("twin_description"):  # the run says what it compared (summaries since twin_role)
+        return f"{opt}, {run.summary['twin_description']}"
     what = {(True, True): "twin from M(w0) at lr x alpha", (True, False): "twin from M(w0) at the same lr",
             (False, True): "twin from w0 at lr x alpha"}.get((init == "mirror", lr_warp), "twin from w0 at the same lr")
     twin_est = str(run.summary.get("twin_estimator") or "STE")

@@ -61,6 +61,14 @@ def load_run(path: Path) -> Run:
     return Run(path, s, history, flat)
 
 
+def status_of(run_dir: Path) -> str | None:
+    """A run directory's ``status.json`` state (running, interrupted, finished, diverged), or None."""
+    try:
+        return json.loads((run_dir / "status.json").read_text()).get("state")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def find_runs(paths, notes: list) -> list[Run]:
     # a report's own summary.json (next to its table.md, e.g. a sweep's report/) is not a run
     runs, dirs = [], sorted({p.parent for root in map(Path, paths) for p in root.rglob("summary.json")
@@ -70,7 +78,17 @@ def find_runs(paths, notes: list) -> list[Run]:
             runs.append(load_run(d))
         except (OSError, ValueError) as e:
             notes.append(f"{d}: unreadable summary.json ({e}); skipped")
+    diverged = [r for r in runs if r.summary.get("diverged")]
+    if diverged:
+        notes.append(f"{len(diverged)} run(s) diverged and are kept out of the tables, verdicts and the lr law: "
+                     + "; ".join(f"{r.path} ({r.summary.get('diverged_why')})" for r in diverged))
+        runs = [r for r in runs if not r.summary.get("diverged")]
     unfinished = {p.parent.parent for root in map(Path, paths) for p in root.rglob(".hydra/overrides.yaml")} - set(dirs)
+    interrupted = sorted(d for d in unfinished if status_of(d) == "interrupted")
+    if interrupted:
+        notes.append(f"{len(interrupted)} run dir(s) interrupted before the end (status.json; continue each with "
+                     "qatrun resume=DIR): " + ", ".join(map(str, interrupted)))
+        unfinished -= set(interrupted)
     if unfinished:
         notes.append(f"{len(unfinished)} run dir(s) without summary.json (unfinished?): "
                      + ", ".join(sorted(map(str, unfinished))))

@@ -25,7 +25,7 @@ COLUMNS = [
     ("twin/test_acc", "Twin accuracy", "frac"),
 ]
 # Kept in summary.json and the CSV's source data but not a column: with one-level moves the
-# compressed sequence agreement equalled the exact one to 4 digits in 25 of 26 rows (README).
+# compressed sequence agreement equalled the exact one to 4 digits in 25 of 26 rows (docs/results.md).
 
 
 def sig3(x: float) -> str:

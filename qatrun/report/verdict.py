@@ -18,15 +18,33 @@ paragraphs so that prose quoting the results is generated from them.
 
 from __future__ import annotations
 
+from qatrun.metricnames import HEADLINE
+
 from .runs import Run, ignored, map_words, stats
 
 SUPPORTS, PARTLY = 0.75, 0.25
-METRIC = "pair/mover_agreement"
+METRIC = HEADLINE  # qatrun.metricnames
 # Keys that make the twin, not the experiment: runs differing only here belong to one family.
 TWIN_KEYS = ("pair.twin", "pair.twin_lr_scale", "experiment_name")
 
 
+# A twin's role (``twin_role`` in summary.json, ``qatrun.pair.ROLES``) as it counts in a verdict. "warped" and
+# "adam_twin" are the predicted pairs (under a warp rule and under an identity/exact rule); a warped twin
+# under an adaptive optimizer is the other rule's twin ("other_rule"): shown, never the prediction.
 def role(run: Run) -> str | None:
+    s = run.summary
+    if "twin_role" in s:
+        r, predicted = s.get("twin_role"), bool(s.get("twin_predicted"))
+        if r in ("warped", "ab_warped"):
+            return "warped" if predicted else "other_rule"
+        if r in ("plain_ste", "ab_unwarped"):
+            return "adam_twin" if predicted else "no_warp"
+        return {"paper_control": "paper_control", "jitter": "jitter"}.get(r)
+    return legacy_role(run)
+
+
+def legacy_role(run: Run) -> str | None:
+    """The role of a run written before summaries said it, worked out from its twin mode and optimizer."""
     s = run.summary
     twin, init, factor, scale = s.get("twin"), s.get("twin_init"), s.get("twin_lr_factor"), s.get("twin_lr_scale", 1.0)
     if twin == "self":
@@ -102,6 +120,8 @@ def verdict(roles: dict[str, list[Run]], twin: str = "STE") -> dict | None:
     if "no_warp" in figs:
         parts.append(f"a{' plain STE' if twin == 'STE' else ' ' + twin} twin without the adjustment on "
                      f"{_pct(figs['no_warp'])}")
+    if "other_rule" in figs:
+        parts.append(f"the warped twin (what a linear update would need) on {_pct(figs['other_rule'])}")
     if "jitter" in figs:
         parts.append(f"the jitter floor ({est} against itself at lr x 1.01) on {_pct(figs['jitter'])}")
     parts.append(f"and a twin that never trained would score {_pct(figs['untrained'])}")

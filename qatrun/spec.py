@@ -1,0 +1,112 @@
+"""One spec, built once: the config turned into the plain objects a run is built from.
+
+``build(cfg)`` reads every group of the resolved config and returns a ``RunSpec``: both estimators, the
+twin spec (with its role), the optimizer (name, peak lr, options; built once over a stand-in parameter,
+so torch's own range checks run), the data's shape (stated by the dataset without reading it), the model
+(built on the meta device and fed one batch of that shape) and the trainer's lengths. Every check lives
+in a builder; preflight calls ``build`` for every sweep point and ``train`` calls it for the run, so
+preflight is exactly what training does, minus the training. Errors are ``ValueError`` in one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from omegaconf import OmegaConf
+
+from qatrun import checks, estimators, optim
+from qatrun.data import DataShape, describe
+from qatrun.models import check_model
+from qatrun.pair import TwinSpec, autocast, resolve_twin
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def group(cfg_group) -> tuple[str, dict]:
+    """A config group as (registry name, the other keys as plain values)."""
+    values = OmegaConf.to_container(cfg_group, resolve=True)
+    return values.pop("name"), values
+
+
+def select_device(name: str) -> torch.device:
+    checks.one_of("device", name, DEVICES)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def build_estimators(cfg):
+    """The run's estimator and the twin's own (None unless ``estimator@twin_estimator=...`` was chosen)."""
+    def one(cfg_group, key):
+        name, options = group(cfg_group)
+        try:
+            return estimators.create(name, **options)
+        except ValueError as exc:  # name the full key: "estimator.bits must be ...", else "estimator=qnet: ..."
+            msg, first = str(exc), str(exc).split(" ", 1)[0]
+            full = f"{key}.{msg}" if first in options else msg if msg.startswith(key) else f"{key}={name}: {msg}"
+            raise ValueError(full) from None
+
+    twin_cfg = OmegaConf.select(cfg, "twin_estimator")
+    return one(cfg.estimator, "estimator"), (one(twin_cfg, "twin_estimator") if twin_cfg is not None else None)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    estimator: estimators.Estimator
+    twin_estimator: estimators.Estimator | None
+    twin: TwinSpec
+    optimizer: str
+    lr: float
+    optimizer_options: dict
+    model: str
+    model_options: dict
+    he_init: bool
+    quantize_linear: bool
+    quantized: list  # the names of the layers a run quantizes, in module order
+    data: str
+    data_options: dict
+    shape: DataShape
+    max_steps: int | None
+    epochs: int
+    device: torch.device
+    extra: dict = field(default_factory=dict)
+
+    def steps(self, steps_per_epoch: int) -> int:
+        return self.max_steps if self.max_steps is not None else self.epochs * steps_per_epoch
+
+
+def check_trainer(tr) -> None:
+    if tr.max_steps is not None:
+        checks.positive_int("trainer.max_steps", tr.max_steps)
+    else:
+        checks.positive_int("trainer.epochs", tr.epochs)
+    for key in ("log_every", "eval_every", "checkpoint_every"):
+        checks.positive_int(f"trainer.{key}", tr[key])
+    checks.in_range("trainer.warmup_frac", tr.warmup_frac, 0, 1)
+    checks.positive("trainer.checkpoint_minutes", tr.checkpoint_minutes)
+    checks.positive_int("trainer.scatter_sample", tr.scatter_sample, minimum=0)
+
+
+def build(cfg, data_shape: DataShape | None = None) -> RunSpec:
+    """The run described by ``cfg`` as plain objects, every option checked (``ValueError``: one line).
+    ``data_shape``: the shape of a dataset already built (else the dataset states it from its options)."""
+    device = select_device(cfg.device)
+    autocast(cfg.precision, device)  # the pair's own check of the precision
+    checks.positive_int("seed", cfg.seed, minimum=0)
+    check_trainer(cfg.trainer)
+    data_name, data_options = group(cfg.dataset)
+    shape = data_shape or describe(data_name, **data_options)
+    est, twin_est = build_estimators(cfg)
+    opt_name, opt_options = group(cfg.optimizer)
+    lr = opt_options.pop("lr")
+    optim.build_optimizer(opt_name, [torch.zeros(1, requires_grad=True)], lr, **opt_options)  # torch's checks too
+    twin = resolve_twin(cfg.pair.twin, est, optim.twin_rule(opt_name), cfg.pair.twin_lr_scale, twin_est)
+    model_name, model_options = group(cfg.model)
+    he_init, quantize_linear = model_options.pop("he_init"), model_options.pop("quantize_linear")
+    quantized = check_model(model_name, model_options, shape.input_shape, shape.num_classes, quantize_linear)
+    tr = cfg.trainer
+    return RunSpec(est, twin_est, twin, opt_name, lr, opt_options, model_name, model_options, he_init,
+                   quantize_linear, quantized, data_name, data_options, shape, tr.max_steps, tr.epochs, device)
