@@ -7,6 +7,7 @@ and without creating a directory. ``resume=DIR`` continues a run from its saved 
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -46,9 +47,16 @@ def interrupted(exc) -> None:
     sys.exit(exc.exit_code)
 
 
+def quote(value: str) -> str:
+    """An override value Hydra's grammar reads back as this string."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def remove_if_empty(run_dir: Path) -> None:
     """A run that failed before its first step leaves nothing: drop a directory holding only Hydra's files."""
-    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+    from qatrun.files import LOCK
+
+    if run_dir.is_dir() and all(p.name in (".hydra", LOCK) or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -66,6 +74,11 @@ def _main(cfg: DictConfig) -> float | None:
     from qatrun.health import EXIT_DIVERGED
     from qatrun.stop import Interrupted
 
+    if multirun and (twin := finished_twin(cfg, run_dir)) is not None:  # a sweep run again: not retrained
+        print(f"qatrun: job {hc.job.num} [{hc.job.override_dirname}] is the same run as {twin.parent} "
+              f"(fingerprint {json.loads(twin.read_text())['fingerprint']}): not retrained", file=sys.stderr)
+        (run_dir / SAME_AS).write_text(f"{twin.parent}\n")
+        return json.loads(twin.read_text()).get("pair/quantized_agreement")
     try:
         summary = execute(cfg, run_dir)
     except Interrupted as exc:  # the whole command stops, a sweep too; the job resumes when run again
@@ -86,6 +99,32 @@ def _main(cfg: DictConfig) -> float | None:
             sys.exit(EXIT_DIVERGED)
         return record_failure(run_dir, hc, f"diverged: {summary['diverged_why']}")
     return summary.get("pair/quantized_agreement")
+
+
+SAME_AS = "same_as.txt"
+
+
+def finished_twin(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The summary.json of a finished job of the same sweep with this job's fingerprint (re-running a sweep
+    with one more value shifts the job numbers; the finished points are found by what they computed)."""
+    from omegaconf import OmegaConf
+
+    from qatrun.config import fingerprint
+    from qatrun.train import provenance
+
+    if (run_dir / "summary.json").exists():
+        return None  # this very job finished: it re-runs as a resume, which changes nothing
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("resume", None)
+    mine = fingerprint(config, provenance(config))
+    for p in sorted(run_dir.parent.glob("*/summary.json")):
+        try:
+            s = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if p.parent != run_dir and isinstance(s, dict) and s.get("fingerprint") == mine and not s.get("diverged"):
+            return p
+    return None
 
 
 def record_failure(run_dir: Path, hc, message: str, details: str = "") -> None:
@@ -118,7 +157,12 @@ def main(argv: list[str] | None = None) -> None:
                 if summary.get("diverged"):
                     sys.exit(EXIT_DIVERGED)
                 return
-            n, exclude = preflight.check_command(overrides, multirun)
+            n, exclude, where = preflight.check_command(overrides, multirun)
+            from qatrun.files import lock_dir
+
+            lock_dir(where)  # the run's (or the sweep's) directory is this process's from here on
+            # Hydra then uses this very directory (its ${now:} is resolved once, here)
+            argv.append(f"hydra.{'sweep' if multirun else 'run'}.dir={quote(str(where))}")
         except ValueError as exc:  # UserError, CheckpointError, a check's message, TrainingError below
             fail(str(exc))
         except RuntimeError as exc:

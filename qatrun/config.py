@@ -32,3 +32,14 @@ def config_diff(saved: dict, current: dict) -> list[str]:
     a, b = flatten(saved), flatten(current)
     return sorted(k for k in set(a) | set(b)
                   if not is_operational(k) and a.get(k, "<missing>") != b.get(k, "<missing>"))
+
+
+def fingerprint(config: dict, provenance: dict | None = None) -> str:
+    """A run's identity: sha256 over what determines its results, the resolved config without operational
+    keys (the seed included) and its ``provenance`` (the qatrun version, a user shape's source digest).
+    Two runs with one fingerprint are one result computed twice."""
+    import hashlib
+
+    what = {k: v for k, v in flatten(config).items() if not is_operational(k)}
+    blob = json.dumps({"config": what, "provenance": provenance or {}}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

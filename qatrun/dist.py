@@ -56,6 +56,22 @@ def mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def sum_(t: torch.Tensor) -> torch.Tensor:
+    """All-reduce sum across ranks (identity in a single process)."""
+    if world() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def min_(t: torch.Tensor) -> torch.Tensor:
+    """All-reduce minimum across ranks (identity in a single process)."""
+    if world() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
 def barrier() -> None:
     if world() > 1:
         dist.barrier()

@@ -125,8 +125,6 @@ class Pair:
         if self.comparer is not None and changepoints:
             self.tracker = ChangePointTracker(levels(self.layers[0]), levels(self.layers[1]))
         self.weights0 = [[l.weight.detach().clone() for _, l in ls] for ls in self.layers]
-        if compile:  # a fresh dynamo state per pair: a Hydra sweep runs its jobs in one process, and the
-            torch._dynamo.reset()  # previous job's caches broke the next estimator's compile (bits1 then bits4)
         self.step_fns = [compile_step(dist.wrap(m, device), o, s, precision, channels_last, compile)
                          for m, o, s in zip(models, self.optims, self.scheds)]
         # Progress (fraction of the steps done) for estimators whose g changes over training: one 0-dim
@@ -161,8 +159,11 @@ class Pair:
         self.since += 1
 
     def first_nonfinite(self) -> tuple[str, int] | None:
-        """(run, step) of the first NaN/Inf loss so far, or None (one host sync)."""
-        for run, step in zip(self.runs, self.first_bad.tolist()):
+        """(run, step) of the first NaN/Inf loss so far on any rank, or None (one host sync; under torchrun one
+        all-reduce, so every rank decides alike)."""
+        never = torch.iinfo(torch.long).max
+        first = dist.min_(torch.where(self.first_bad >= 0, self.first_bad, never))
+        for run, step in zip(self.runs, torch.where(first == never, -1, first).tolist()):
             if step >= 0:
                 return run, step
         return None
@@ -191,7 +192,9 @@ class Pair:
 
     @torch.no_grad()
     def evaluate(self, test_batches) -> dict[str, float]:
-        """Test loss and accuracy of each run, and the function agreement of the pair."""
+        """Test loss and accuracy of each run, and the function agreement of the pair. Under torchrun every
+        rank evaluates its shard of the test set (``test_batches`` yields this rank's) and the sums are
+        all-reduced, so every rank returns the figures of the whole set."""
         for m in self.models:
             m.eval()
         agg = FunctionAgreement()
@@ -203,6 +206,8 @@ class Pair:
                 agg.update(logits[0], logits[-1], y, losses[0], losses[-1])
         for m in self.models:
             m.train()
+        if dist.world() > 1:
+            agg.reduce(dist.sum_, device)
         r = to_host(agg.compute())
         out = {"est/test_acc": r["acc_a"], "est/test_loss": r["loss_a"]}
         if len(self.models) == 2:

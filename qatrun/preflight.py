@@ -170,9 +170,36 @@ def creatable(path, key: str) -> None:
                         f"choose another {key} or fix its permissions") from None
 
 
-def check_command(overrides: list[str], multirun: bool) -> tuple[int, list[str]]:
-    """Compose and check the run, or every point of a sweep. Returns the number of points and the keys
-    job directory names leave out: the operational keys (``qatrun.config.OPERATIONAL``) plus every key that does not vary."""
+SUBDIR = "${hydra.job.num}_${hydra.job.override_dirname}"  # configs/config.yaml: hydra.sweep.subdir
+
+
+def job_dir(cfg, pt: list[str], i: int, exclude: list[str]) -> Path | None:
+    """Where Hydra will put sweep point ``i``: ``hydra.sweep.dir/<num>_<override_dirname>`` (Hydra's rule: the
+    point's overrides but the excluded keys, sorted, joined by commas); None when the subdir was changed."""
+    if OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir") != SUBDIR:
+        return None
+    lines = sorted(o.input_line for o in parse(pt) if o.key_or_group not in exclude
+                   and not o.key_or_group.startswith("hydra"))
+    return Path(cfg.hydra.sweep.dir) / f"{i}_{','.join(lines)}"
+
+
+def refuse_changed(run_dir: Path, cfg) -> None:
+    """A command into a run directory whose checkpoint says another config is refused here, before Hydra
+    rewrites that run's ``.hydra/``: the finished run's saved config keeps describing its results."""
+    if (run_dir / ckpt.NAME).is_file():
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config.pop("resume", None)
+        diff = config_diff(ckpt.load(run_dir / ckpt.NAME)["config"], config)  # the resume rule, the one there is
+        if diff:
+            raise UserError(f"{run_dir} already holds a run whose config differs in {', '.join(diff)}; nothing was "
+                            f"changed there: choose another directory, or continue it as saved with qatrun "
+                            f"resume={run_dir}")
+
+
+def check_command(overrides: list[str], multirun: bool) -> tuple[int, list[str], Path]:
+    """Compose and check the run, or every point of a sweep. Returns the number of points, the keys job
+    directory names leave out (the operational keys, ``qatrun.config.OPERATIONAL``, plus every key that does
+    not vary) and the directory the command takes (the run's, or the sweep's)."""
     pts = points(overrides) if multirun else [list(overrides)]
     parsed = parse(overrides)
     if multirun and any(o.key_or_group == "resume" for o in parsed):
@@ -180,17 +207,21 @@ def check_command(overrides: list[str], multirun: bool) -> tuple[int, list[str]]
                         "again with its hydra.sweep.dir: each job continues from its checkpoint")
     constant = [o.key_or_group for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
     varying = {o.key_or_group for o in parsed if o.is_sweep_override()}
-    bad, exclude = [], []
+    bad, exclude, where = [], [], None
     for i, pt in enumerate(pts):
         try:
             cfg = compose(pt, hydra_cfg=True)
             if i == 0:
                 key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-                creatable(OmegaConf.select(cfg, key), key)
+                where = Path(OmegaConf.select(cfg, key))
+                creatable(where, key)
                 exclude = [k for k in OPERATIONAL if k != "hydra"] + constant  # qatrun.config: the one list
+            run_dir = job_dir(cfg, pt, i, exclude) if multirun else where
             with open_dict(cfg):
                 del cfg["hydra"]
             check(cfg)
+            if run_dir is not None:
+                refuse_changed(run_dir, cfg)
         except UserError as exc:
             if not multirun or i == 0 and "hydra." in str(exc).split(":")[0]:
                 raise
@@ -203,7 +234,7 @@ def check_command(overrides: list[str], multirun: bool) -> tuple[int, list[str]]
         name = lambda pt: " ".join(o for o in pt if o.split("=")[0] in varying)  # noqa: E731
         lines = "\n".join(f"  [{name(p)}] {msg}" for p, msg in bad)
         raise UserError(f"{len(bad)} of {len(pts)} sweep points are invalid; nothing was launched:\n{lines}")
-    return len(pts), exclude
+    return len(pts), exclude, where
 
 
 def resume(overrides: list[str]):

@@ -23,7 +23,8 @@ from qatrun import checkpoint as ckpt
 from qatrun import checks, dist
 from qatrun.data import DataShape, build_data
 from qatrun.estimators import describe
-from qatrun.files import write_json
+from qatrun.config import fingerprint
+from qatrun.files import lock_dir, os_error_line, remove_stale_temps, write_atomic, write_json
 from qatrun.health import divergence
 from qatrun.metricnames import headline_first, printed
 from qatrun.metrics import pearson
@@ -100,18 +101,23 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     spec = build_spec(cfg)  # every check, as preflight made them
     if main:
         checks.writable_dir(run_dir)
+        lock_dir(run_dir)  # one process per run directory (released at exit, also on SIGKILL)
+        remove_stale_temps(run_dir)
     set_determinism(cfg.deterministic)
     device = dist.setup(cfg.device) or spec.device
     data = build_data(spec.data, device, cfg.seed, dist.world(), dist.rank(), **spec.data_options)
     tr, steps = cfg.trainer, spec.steps(data.steps_per_epoch)
+    if cfg.compile:  # a fresh dynamo state per job: a Hydra sweep runs its jobs in one process, and the previous
+        torch._dynamo.reset()  # job's caches broke the next estimator's compile (bits1 then bits4)
     pair = pair_from_spec(cfg, spec, device, steps, main)
     if main:
         print(f"quantized layers ({len(spec.quantized)}): {', '.join(spec.quantized)}")
 
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("resume", None)  # where a run continues is not part of what it computes
+    prov = provenance(config)
     start, rec = 0, Recorder()
-    blob = ckpt.load_for_resume(run_dir, config)
+    blob = ckpt.load_for_resume(run_dir, config, prov)
     if blob is not None:
         pair.load_state_dict(blob["state"]["pair"])
         rec.load_state_dict(blob["state"]["history"])
@@ -123,12 +129,13 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
         rec.tb.text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "\n```")
         rec.tb.layout(LAYOUT)
         first = rec.record("log", 0, log_figures(pair, 0, None), keep=False)
-        if pair.comparer is not None and not (first["pair/quantized_agreement"] == 1.0
+        if pair.comparer is not None and not (first["pair/quantized_mismatches"] == 0  # counted in integers
                                               and first["pair/alignment_distance"] == 0.0):
             raise TrainingError(
                 f"step-0 invariant broken: quantized agreement {first['pair/quantized_agreement']} (must be 1) and "
                 f"alignment distance {first['pair/alignment_distance']} (must be 0); the twin's init map is wrong")
-        log_eval(pair, rec, data, 0)
+    if start == 0:
+        log_eval(pair, rec, data, 0, main)
 
     last_eval = None  # the figures of the eval at the final step, reused by the summary
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not (tr.progress and main),
@@ -148,13 +155,14 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
                     figs = rec.record("log", done, log_figures(pair, done, means))
                     bar.set_postfix({f"{r}_loss": f"{v:.3f}" for r, v in zip(pair.runs, means)}
                                     | ({"agree": f"{figs['pair/quantized_agreement']:.4f}"} if pair.comparer else {}))
-            if main and (done % tr.eval_every == 0 or done == steps):
-                last_eval = log_eval(pair, rec, data, done)
+            if done % tr.eval_every == 0 or done == steps:  # every rank evaluates its shard
+                last_eval = log_eval(pair, rec, data, done, main)
             overdue = time.time() - last_save >= 60 * tr.checkpoint_minutes  # a long run never holds more unsaved
             if done % tr.checkpoint_every == 0 or done == steps or overdue or stop.signum:
                 check_finite(pair, run_dir)
                 if main:
-                    ckpt.save(run_dir, done, config, {"pair": pair.state_dict(), "history": rec.state_dict()})
+                    state = {"pair": pair.state_dict(), "history": rec.state_dict()}
+                    guarded(run_dir, ckpt.NAME, lambda: ckpt.save(run_dir, done, config, state, prov))
                 last_save = time.time()
             if stop.signum and done < steps:
                 bar.close()
@@ -166,10 +174,10 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
                 stop.after_checkpoint()
                 raise exc
     bar.close()
+    final_eval = last_eval if last_eval is not None else pair.evaluate(data.test_batches())  # a finished run again
     if not main:
         return {}
 
-    final_eval = last_eval if last_eval is not None else pair.evaluate(data.test_batches())
     summary = summarize(pair, steps, cfg.seed, final_eval, rec.history, config)
     summary["quantized_layers"] = list(spec.quantized)
     why = divergence(rec.history, summary, pair.runs, spec.shape.num_classes)
@@ -177,23 +185,59 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     metrics = {k: summary[k] for k in headline_first(k for k in summary if "/" in k)}
     rec.tb.hparams(hparam_view(cfg, pair, steps), metrics, steps)
     rec.tb.close()
+    summary["fingerprint"], summary["provenance"] = fingerprint(config, prov), prov
     sample = pair.weight_sample(tr.scatter_sample, cfg.seed)
     if sample is not None:
-        torch.save(sample, run_dir / "weights_sample.pt")
-    write_json(run_dir / "summary.json", summary)
+        guarded(run_dir, "weights_sample.pt",
+                lambda: write_atomic(run_dir / "weights_sample.pt", lambda f: torch.save(sample, f)))
+    guarded(run_dir, "summary.json", lambda: write_json(run_dir / "summary.json", summary))
     write_status(run_dir, "diverged" if why else "finished", steps, steps)
     summary["wall_s"] = time.time() - t0
     return summary
 
 
+def provenance(config: dict) -> dict:
+    """What else determines a run's results: the qatrun version and the source digest of the user's code
+    (a custom shape, model or dataset), so a resume after that code changed is refused."""
+    from qatrun import __version__
+    from qatrun import userimport
+
+    out = {"qatrun": __version__}
+    digest = getattr(userimport, "source_digest", None)
+    for key in ("estimator.shape", "twin_estimator.shape", "model.target", "dataset.target"):
+        group, _, leaf = key.partition(".")
+        value = (config.get(group) or {}).get(leaf)
+        if digest is not None and isinstance(value, str) and value and not value.startswith(userimport.PREFIX):
+            try:
+                out[key] = digest(value)
+            except Exception:  # the value was resolved already: a digest is a courtesy, never a failure
+                out[key] = None
+    return out
+
+
+def guarded(run_dir: Path, name: str, write) -> None:
+    """Run ``write()``; a failed write (full disk, directory removed or read-only) becomes one line naming its
+    cause and the last good checkpoint."""
+    try:
+        write()
+    except OSError as exc:
+        last = run_dir / ckpt.NAME
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        raise TrainingError(f"{os_error_line(exc, run_dir / name, run_dir)}; {kept}") from None
+
+
 def write_status(run_dir: Path, state: str, step: int, steps: int, **more) -> None:
     """``status.json``: running, interrupted (with the signal), finished or diverged, and the step: how the
     report and a user tell an interrupted run from a finished one."""
-    write_json(run_dir / STATUS, {"state": state, "step": step, "steps": steps, **more})
+    guarded(run_dir, STATUS, lambda: write_json(run_dir / STATUS, {"state": state, "step": step, "steps": steps,
+                                                                    **more}))
 
 
-def log_eval(pair: Pair, rec: Recorder, data, step: int) -> dict:
-    figs = rec.record("eval", step, pair.evaluate(data.test_batches()))
+def log_eval(pair: Pair, rec: Recorder, data, step: int, main: bool = True) -> dict:
+    figs = pair.evaluate(data.test_batches())
+    if not main:
+        return figs
+    figs = rec.record("eval", step, figs)
     if pair.comparer is not None and step > 0:
         for name, r in pair.comparer.residuals().items():
             rec.tb.histogram(f"layers/{name}/alignment_residual", r, step)

@@ -48,6 +48,10 @@ class _RankSlice:
             raise ValueError(f"dataset.batch_size={batch_size} must be divisible by the {world} processes")
         self.world, self.rank = world, rank
 
+    def _shard(self, n_batches: int):
+        """This rank's test batches: every ``world``-th, so the ranks' shards cover the set once."""
+        return range(self.rank, n_batches, self.world)
+
     def _slice(self, x, y):
         if self.world == 1:
             return x, y
@@ -93,7 +97,8 @@ class MnistData(_RankSlice):
         return self._slice(self._prep(self.train_x[i : i + self.batch_size]), self.train_y[i : i + self.batch_size])
 
     def test_batches(self):
-        for i in range(0, len(self.test_x), self.eval_batch_size):
+        for b in self._shard(-(-len(self.test_x) // self.eval_batch_size)):
+            i = b * self.eval_batch_size
             yield self._prep(self.test_x[i : i + self.eval_batch_size]), self.test_y[i : i + self.eval_batch_size]
 
 
@@ -129,7 +134,7 @@ class SyntheticData(_RankSlice):
         return self._slice(*self.train.get_batch(step, self.batch_size))
 
     def test_batches(self):
-        for i in range(self.test.num_batches(self.eval_batch_size)):
+        for i in self._shard(self.test.num_batches(self.eval_batch_size)):
             yield self.test.get_batch(i, self.eval_batch_size)
 
 

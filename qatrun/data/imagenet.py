@@ -284,7 +284,8 @@ class ImageNetData:
         common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
         self.train_loader = DataLoader(train_ds, batch_sampler=self.sampler,
                                        generator=torch.Generator().manual_seed(seed + rank), **common)
-        self.val_loader = DataLoader(val_ds, batch_size=eval_batch_size, shuffle=False, **common)
+        shard = ShardSampler(val_ds, world, rank) if world > 1 else None  # each rank evaluates its shard
+        self.val_loader = DataLoader(val_ds, batch_size=eval_batch_size, shuffle=False, sampler=shard, **common)
         self._it, self._next = None, None
 
     def batch(self, step: int):

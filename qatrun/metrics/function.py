@@ -121,6 +121,19 @@ class FunctionAgreement:
                 out[f"loss_{run}"] = r(s[f"loss_{run}"], self._n_loss[run])
         return out
 
+    def reduce(self, all_sum, device=None) -> None:
+        """Sum the state over processes in place: ``all_sum(t)`` returns ``t`` summed over every rank (each
+        rank evaluates its shard of the test set; the figures are then those of the whole set)."""
+        if self._s is None:  # a rank with no batch: zeros, so the collective still lines up
+            self._init(device or torch.device("cpu"))
+        keys = sorted(self._s)
+        packed = all_sum(torch.stack([self._s[k].to(torch.float64) for k in keys]))
+        counts = all_sum(torch.tensor([self._n, self._n_elem, self._n_loss["a"], self._n_loss["b"]],
+                                      dtype=torch.int64, device=packed.device))
+        for k, v in zip(keys, packed):
+            self._s[k] = v.to(self._s[k].dtype)
+        self._n, self._n_elem, self._n_loss["a"], self._n_loss["b"] = (int(c) for c in counts.tolist())
+
     def reset(self) -> None:
         self.__init__()
 

@@ -70,6 +70,7 @@ class WeightComparer:
             for k, mirror in maps.items():
                 dist[k] = dist[k] + (self._map(le, mirror).double() - lt.weight.double()).abs().sum() * inv_m
         out["pair/quantized_agreement"] = agree / total
+        out["pair/quantized_mismatches"] = total - agree  # an integer: the step-0 check needs no division
         out["pair/distance_travelled"] = self.travelled.clone()
         error = lambda d: torch.where(self.travelled > 0, d / self.travelled, torch.zeros_like(d))
         for k in maps:

@@ -1,0 +1,126 @@
+"""Integrity (issue 23): a checkpoint carries its checksum, a run directory belongs to one process, a refused
+command changes nothing, a sweep re-run retrains only new points, and faults name their cause."""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from qatrun import checkpoint as ckpt
+from qatrun.files import lock_dir, unlock_dir
+from qatrun.train import TrainingError, train
+from tests.conftest import TINY, make_cfg
+from tests.test_reliability import CLI, cli
+
+SHORT = [t for t in TINY if "max_steps" not in t] + ["trainer.max_steps=10"]
+
+
+def snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fin") / "run"
+    out = cli(*SHORT, f"hydra.run.dir={d}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return d
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_refused_and_the_file_kept(tmp_path):
+    train(make_cfg("trainer.max_steps=4", "trainer.checkpoint_every=2"), tmp_path)
+    path = tmp_path / ckpt.NAME
+    raw = bytearray(path.read_bytes())
+    assert raw.startswith(ckpt.MAGIC)
+    raw[len(raw) // 2] ^= 0x01  # inside a tensor's bytes
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ckpt.CheckpointError, match="corrupt: its content does not match its sha256"):
+        ckpt.load(path)
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        train(make_cfg("trainer.max_steps=6", "trainer.checkpoint_every=2"), tmp_path)  # a resume
+    assert path.read_bytes() == bytes(raw)  # the evidence stays
+
+
+def test_a_second_process_is_refused_and_the_first_keeps_its_directory(tmp_path):
+    d = tmp_path / "run"
+    lock_dir(d)  # this process holds it, as a running qatrun would
+    try:
+        out = cli(*SHORT, f"hydra.run.dir={d}")
+        assert out.returncode == 2 and "is in use by another qatrun process" in out.stderr
+        assert str(os.getpid()) in out.stderr and not (d / ".hydra").exists()
+    finally:
+        unlock_dir(d)
+
+
+@pytest.mark.slow
+def test_a_killed_holder_releases_its_directory(tmp_path):
+    d = tmp_path / "run"
+    holder = subprocess.Popen([*CLI, *[t for t in SHORT if "max_steps" not in t], "trainer.max_steps=400",
+                               f"hydra.run.dir={d}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (d / "status.json").exists() and holder.poll() is None:
+        time.sleep(0.05)
+    out = cli(*SHORT, f"hydra.run.dir={d}")
+    assert out.returncode == 2 and "in use by another qatrun process" in out.stderr
+    holder.kill()
+    holder.wait()
+    lock_dir(d)  # SIGKILL released it
+    unlock_dir(d)
+
+
+@pytest.mark.slow
+def test_a_refused_command_leaves_a_finished_run_byte_identical(finished):
+    before = snapshot(finished)
+    out = cli(*SHORT, "seed=1", f"hydra.run.dir={finished}")
+    assert out.returncode == 2 and "already holds a run whose config differs in seed" in out.stderr
+    assert snapshot(finished) == before
+
+
+@pytest.mark.slow
+def test_a_sweep_run_again_with_one_more_value_trains_only_the_new_point(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = cli("-m", *SHORT, "estimator.bits=1,2", f"hydra.sweep.dir={sweep}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = cli("-m", *SHORT, "estimator.bits=1,2,4", "estimator.k=null", f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    summaries = sorted(sweep.glob("*/summary.json"))
+    fps = [json.loads(p.read_text())["fingerprint"] for p in summaries]
+    assert len(fps) == len(set(fps)) == 3, summaries  # three results, none computed twice
+    assert "same run as" in again.stdout + again.stderr
+
+
+def test_a_full_disk_names_its_cause_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from qatrun import files
+
+    def full(path, obj):
+        if Path(path).name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        files.write_json(path, obj)
+
+    monkeypatch.setattr("qatrun.train.write_json", full)
+    with pytest.raises(TrainingError) as exc:
+        train(make_cfg("trainer.max_steps=4"), tmp_path)
+    line = str(exc.value)
+    assert line.startswith(f"no space left on device writing {tmp_path / 'summary.json'}") and "MB free" in line
+    assert f"the last good checkpoint is {tmp_path / ckpt.NAME}" in line and "\n" not in line
+    assert ckpt.load(tmp_path / ckpt.NAME)["step"] == 4
+
+
+def test_stale_temp_files_of_an_interrupted_write_are_removed(tmp_path):
+    (tmp_path).mkdir(exist_ok=True)
+    stale = tmp_path / ".checkpoint.pt.abc123"
+    stale.write_bytes(b"half a checkpoint")
+    train(make_cfg("trainer.max_steps=2"), tmp_path)
+    assert not stale.exists() and (tmp_path / ckpt.NAME).exists()
+
+
+def test_the_summary_records_a_fingerprint_that_ignores_operational_keys(tmp_path):
+    a = train(make_cfg("trainer.max_steps=2"), tmp_path / "a")
+    b = train(make_cfg("trainer.max_steps=2", "trainer.checkpoint_every=7", "trainer.progress=false"), tmp_path / "b")
+    c = train(make_cfg("trainer.max_steps=2", "seed=1"), tmp_path / "c")
+    assert a["fingerprint"] == b["fingerprint"] != c["fingerprint"]
+    assert a["provenance"]["qatrun"]
