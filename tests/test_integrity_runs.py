@@ -124,3 +124,39 @@ def test_the_summary_records_a_fingerprint_that_ignores_operational_keys(tmp_pat
     c = train(make_cfg("trainer.max_steps=2", "seed=1"), tmp_path / "c")
     assert a["fingerprint"] == b["fingerprint"] != c["fingerprint"]
     assert a["provenance"]["qatrun"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs (skipped where mounting is not allowed)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_really_full_disk_ends_in_one_line_with_the_last_checkpoint_intact(small_disk, monkeypatch):
+    import shutil
+
+    run = small_disk / "run"
+    real, saves = ckpt.save, []
+
+    def save_then_fill(d, step, *a):
+        real(d, step, *a)
+        saves.append(step)
+        if len(saves) == 1:  # after the first checkpoint the disk fills up (another job's output, say)
+            free = shutil.disk_usage(small_disk).free
+            with open(small_disk / "filler", "wb") as f:
+                f.write(b"\0" * (free - 4096))
+
+    monkeypatch.setattr(ckpt, "save", save_then_fill)
+    with pytest.raises(TrainingError) as exc:
+        train(make_cfg("trainer.max_steps=4", "trainer.checkpoint_every=2", "model.width=4", "model.hidden=8",
+                       "trainer.scatter_sample=100"), run)
+    line = str(exc.value)
+    assert line.startswith("no space left on device writing ") and "MB free" in line and "\n" not in line
+    assert f"the last good checkpoint is {run / ckpt.NAME}" in line
+    assert ckpt.load(run / ckpt.NAME)["step"] == 2  # intact, and no temp file left behind
+    assert not list(run.glob(".checkpoint.pt.*"))

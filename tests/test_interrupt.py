@@ -99,3 +99,28 @@ def test_the_divergence_rule():
                       ("est", "twin"), 10) is None  # 2.96x: under the 3x rule
     assert "at chance" in divergence({"est/loss": [2.30, 2.31]}, {"est/test_acc": 0.11}, ("est",), 10)
     assert divergence({"est/loss": [2.30, 2.20]}, {"est/test_acc": 0.11}, ("est",), 10) is None  # learning, slowly
+
+
+def test_a_schedulers_requeue_signal_is_chained_after_the_checkpoint(tmp_path, monkeypatch):
+    """Under submitit, SIGUSR2 requeues the job: qatrun checkpoints first, then hands the signal on."""
+    import os
+
+    from qatrun.stop import Interrupted
+
+    handed = []
+    previous = signal.signal(signal.SIGUSR2, lambda s, f: handed.append(ckpt.load(tmp_path / "checkpoint.pt")["step"]))
+    real_step = __import__("qatrun.pair", fromlist=["Pair"]).Pair.step
+
+    def step(self, i, x, y, timer=None):
+        real_step(self, i, x, y, timer)
+        if i == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)  # the scheduler, mid-run
+
+    monkeypatch.setattr("qatrun.pair.Pair.step", step)
+    try:
+        with pytest.raises(Interrupted) as exc:
+            train(make_cfg("trainer.max_steps=10", "trainer.checkpoint_every=1000"), tmp_path)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert handed == [3] and exc.value.step == 3  # the requeue handler ran after the step-3 checkpoint
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "interrupted"

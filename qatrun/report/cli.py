@@ -110,6 +110,11 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
     vs = verdicts(runs)
     drift_rows = drift_table(drifting)
     kept_out = [f"* {n}\n" for n in notes if "diverged and are kept out" in n]  # divergence is a finding too
+    if not law:
+        lrs = sorted({r.value("optimizer.lr") for r in runs})
+        kept_out.append(f"No learning-rate law: it fits a slope per family of runs that differ only in the lr and "
+                        f"needs at least 3 learning rates in one family; these runs have {len(lrs)} "
+                        f"({', '.join(f'{v:g}' for v in lrs)}) and no family with 3.\n")
     (out / "findings.md").write_text(findings_markdown(vs, law, drift_markdown(drift_rows) + kept_out))
     result = jsonable({"comparisons": comparisons, "lr_law": law, "verdicts": vs, "drift": drift_rows,
                        "pairs": pairs, "notes": notes})
