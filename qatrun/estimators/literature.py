@@ -20,7 +20,7 @@ import torch
 
 from qatrun import checks
 from qatrun.estimators.base import Estimator, PeriodicEstimator, register
-from qatrun.estimators.periodic import TANH_DEFAULT_K, Custom, TanhDSQ, dsq_shape
+from qatrun.estimators.periodic import ZERO_RATIO, Custom, TanhDSQ, dsq_shape
 from qatrun.quant import Grid
 
 # sigmoid'(x) < 1e-13 beyond this |x|: farther thresholds are left out of the qnet sum.
@@ -48,19 +48,31 @@ class QuantNet(PeriodicEstimator):
     edge lacks the contributions of thresholds beyond the grid: not periodic for 2+ bits (for 1 bit the
     single bin is trivially periodic, and the estimator is in the class). The twin (``reference``) is
     the periodic estimator with the shape of the middle bin ``n_bins // 2``; ``alpha`` and ``M`` are
-    that bin's, and the edge bins' mismatch is what a pair measures.
+    that bin's, and the edge bins' mismatch is what a pair measures. Above a beta of about 21, g near the
+    levels falls below ``ZERO_RATIO`` x its maximum (``1/g`` is not integrable): outside the class at any
+    bit width, with no stand-in, so only a plain STE twin (``pair.twin=ste``) compares with it.
     """
 
     def __init__(self, grid: Grid, beta: float):
         super().__init__(grid)
         checks.positive("qnet: temperature beta", beta)
         self.beta = float(beta)
-        self.in_class = grid.n_bins == 1
-        self.why_not_in_class = "" if self.in_class else (
-            "its sigmoid sum covers the grid's thresholds only, so the edge bins differ from the interior ones "
-            "(not periodic); its twin uses the middle bin's shape")
         self._reach = min(grid.n_bins, math.ceil(SIGMOID_REACH / self.beta) + 1)
-        self._ref = self if self.in_class else Custom(grid, shape=self.bin_shape(grid.n_bins // 2))
+        # the middle bin's shape (for 1 bit: the one bin's): the estimator itself, or its twin's stand-in
+        middle = Custom(grid, shape=self.bin_shape(grid.n_bins // 2))
+        self.in_class = grid.n_bins == 1 and middle.in_class
+        if not middle.in_class:  # a large beta: g between two thresholds underflows (1 bit: beta above about 21)
+            self.why_not_in_class = (f"at beta={self.beta:g} its g falls below {ZERO_RATIO:g} x its maximum near the "
+                                     "levels, so 1/g is not integrable over a bin and no bin's shape can stand in "
+                                     "for its twin")
+            self._ref = None
+        elif not self.in_class:
+            self.why_not_in_class = (
+                "its sigmoid sum covers the grid's thresholds only, so the edge bins differ from the interior ones "
+                "(not periodic); its twin uses the middle bin's shape")
+            self._ref = middle
+        else:
+            self._ref, self._one_bin = self, middle
 
     def params(self):
         return {"beta": self.beta}
@@ -80,6 +92,7 @@ class QuantNet(PeriodicEstimator):
         def shape(u):
             return self._sum(u.to(torch.float64) + i).to(u.dtype)
         shape.__qualname__ = f"qnet_bin{i}(beta={self.beta})"
+        shape.untimed = True  # qatrun's own code: the time budget is for a user's shape (many bins take long)
         return shape
 
     def grad(self, w, m, upstream=None):
@@ -90,16 +103,14 @@ class QuantNet(PeriodicEstimator):
     def shape(self, f):  # only used when in the class (1 bit: one bin)
         return self._sum(f)
 
-    def antiderivative(self, f):
-        return self._ref_custom.antiderivative(f)
-
-    @property
-    def _ref_custom(self) -> Custom:
-        if not hasattr(self, "_one_bin"):
-            self._one_bin = Custom(self.grid, shape=self.bin_shape(0))
-        return self._one_bin
+    def antiderivative(self, f):  # only used when in the class: the one bin's table
+        if not self.in_class:
+            self._refuse("mirror map M")
+        return self._one_bin.antiderivative(f)
 
     def reference(self) -> PeriodicEstimator:
+        if self._ref is None:
+            self._refuse("mirror map M (and no in-class stand-in)")
         return self._ref
 
 

@@ -2,15 +2,15 @@
 
 Each is written as its bin ``shape`` and the antiderivative ``F`` of ``1 / shape``
 (``base.PeriodicEstimator``; docs/method.md, "The class, the factor alpha and the mirror map M").
-Pure torch: no I/O, no config.
+Pure torch, no config; the one outside thing is a user's shape, imported by path (``qatrun.userimport``)
+and timed once on the validation points (``SHAPE_BUDGET_S``).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 import math
+import os
+import time
 from typing import Callable
 
 import torch
@@ -18,9 +18,23 @@ import torch
 from qatrun import checks
 from qatrun.estimators.base import PeriodicEstimator, register
 from qatrun.quant import Grid
+from qatrun.userimport import one_line, resolve, where
 
 # The sharpness the authors used for the tanh (DSQ) estimator, per bit width.
 TANH_DEFAULT_K = {1: 2.0, 2: 5.5, 4: 18.0}
+
+# The smallest alpha an in-class estimator may have. The twin trains at alpha x the lr: below this it
+# does not move in any run qatrun can afford, and every figure over its distance travelled is a 0/0
+# (tanh reaches it at e = k / n_bins = 10.28: k = 30.8 on 2 bits, 154 on 4).
+ALPHA_FLOOR = 1e-6
+
+
+def check_alpha(what: str, alpha: float, remedy: str) -> float:
+    """``alpha`` when at or above ALPHA_FLOOR; else a ValueError naming ``what``, the alpha and ``remedy``."""
+    if not alpha >= ALPHA_FLOOR:
+        raise ValueError(f"{what}: alpha = {alpha:.3g} is below the floor ALPHA_FLOOR = {ALPHA_FLOOR:g}: its twin "
+                         f"(lr x alpha) would never move and the pair would measure 0/0; {remedy}")
+    return alpha
 
 
 @register("ste")
@@ -60,10 +74,10 @@ class PWL(STE):
     def __init__(self, grid: Grid, alpha: float | None = None, k: float | None = None):
         super().__init__(grid)
         if alpha is None:
-            alpha = TanhDSQ(grid, k=k).alpha
-        if not (isinstance(alpha, (int, float)) and 0 < alpha <= 1e6 and math.isfinite(alpha)):
+            alpha = TanhDSQ(grid, k=k).alpha  # a k whose alpha is below ALPHA_FLOOR is refused there
+        if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0 < alpha <= 1e6):
             raise ValueError(f"pwl: alpha must be a positive number, got {alpha!r}")
-        self._alpha = float(alpha)
+        self._alpha = check_alpha("pwl", float(alpha), f"use an alpha of at least {ALPHA_FLOOR:g}")
 
     def params(self):
         return {"alpha": self._alpha}
@@ -106,6 +120,11 @@ class TanhDSQ(PeriodicEstimator):
         self.k = float(k)
         self.e = self.k / grid.n_bins
         self.s = 1.0 / math.tanh(self.e)
+        bits = f"{grid.bits} bit{'s' if grid.bits > 1 else ''}"
+        e_floor = tanh_floor_e()
+        check_alpha(f"tanh: sharpness k={self.k:g} on {bits}", self.alpha,
+                    f"use k below {e_floor * grid.n_bins:.3g} on {bits} (alpha reaches the floor at k = "
+                    f"{e_floor:.4g} x the number of bins)")
 
     def params(self):
         return {"k": self.k}
@@ -119,40 +138,56 @@ class TanhDSQ(PeriodicEstimator):
 
     @property
     def alpha(self) -> float:
-        e = self.e
-        return 2 * e**2 / math.tanh(e) / (e + math.sinh(e) * math.cosh(e))
+        return tanh_alpha(self.e)
 
 
-def _import(mod_name: str):
-    """Installed packages first, then the current directory (the user's own project, as
-    ``python -m`` would see it; appended to the path, so it never shadows an installed module)."""
-    try:
-        return importlib.import_module(mod_name)
-    except ModuleNotFoundError as exc:
-        top, cwd = mod_name.partition(".")[0], os.getcwd()
-        if exc.name != top or cwd in sys.path or not any(os.path.exists(os.path.join(cwd, top + s)) for s in ("", ".py")):
-            raise
-        sys.path.append(cwd)
-        return importlib.import_module(mod_name)
+def tanh_alpha(e: float) -> float:
+    """tanh's alpha ``2 e^2 coth(e) / (e + sinh e cosh e)``; for large e its limit ``8 e^2 exp(-2e)`` (no
+    overflow: it underflows to 0)."""
+    if e > 300:
+        return 8 * e**2 * math.exp(-2 * e)
+    return 2 * e**2 / math.tanh(e) / (e + math.sinh(e) * math.cosh(e))
+
+
+def tanh_floor_e() -> float:
+    """The e = k / n_bins where tanh's alpha (decreasing in e) reaches ALPHA_FLOOR (bisection)."""
+    lo, hi = 1e-3, 400.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if tanh_alpha(mid) >= ALPHA_FLOOR else (lo, mid)
+    return lo
+
+
+# The budget for one evaluation of a user shape on the validation points (the 2^18 table nodes by
+# default). The backward of every quantized layer calls the shape on all its weights: one that takes
+# seconds here would take as long in every step.
+SHAPE_BUDGET_S = 5.0
+# Below -NEGATIVE_TOL x its maximum a shape value is negative, not a rounding error around zero.
+NEGATIVE_TOL = 1e-12
+ZERO_RATIO = 1e-4
 
 
 def _resolve_shape(shape) -> Callable:
     if callable(shape):
         return shape
-    if not isinstance(shape, str) or "." not in shape:
-        raise ValueError(f"custom: shape must be a callable or a dotted import path 'pkg.module.fn', got {shape!r}")
-    mod_name, _, attr = shape.rpartition(".")
+    if not isinstance(shape, str):
+        raise ValueError(f"custom: shape must be a callable or an import path 'pkg.module:fn' (or 'pkg.module.fn'), "
+                         f"got {shape!r}")
+    return resolve(shape, "estimator.shape")
+
+
+def shape_budget() -> float:
+    """Seconds a user shape may take on the validation points: SHAPE_BUDGET_S, or QATRUN_SHAPE_BUDGET_S."""
+    text = os.environ.get("QATRUN_SHAPE_BUDGET_S")
+    if text is None:
+        return SHAPE_BUDGET_S
     try:
-        mod = _import(mod_name)
-    except ImportError as exc:
-        raise ValueError(f"custom: cannot import module {mod_name!r} for shape {shape!r}: {exc}") from None
-    fn = getattr(mod, attr, None)
-    if not callable(fn):
-        raise ValueError(f"custom: {shape!r} does not name a callable (module {mod_name!r} has no function {attr!r})")
-    return fn
-
-
-ZERO_RATIO = 1e-4
+        budget = float(text)
+    except ValueError:
+        budget = math.nan
+    if not budget > 0:
+        raise ValueError(f"QATRUN_SHAPE_BUDGET_S must be a positive number of seconds, got {text!r}")
+    return budget
 
 
 @register("custom")
@@ -161,9 +196,13 @@ class Custom(PeriodicEstimator):
 
     alpha and M come from the cumulative integral of 1/shape on ``resolution`` cells (midpoint
     rule, fp64), interpolated linearly and anchored at the threshold u = 1/2, so thresholds are
-    fixed exactly. A shape that reaches zero (or goes negative) inside the bin is outside the class.
+    fixed exactly. A shape that reaches zero inside the bin is outside the class; one that goes negative
+    (anywhere on the nodes) is refused, whatever the twin: g is a gradient multiplier, a negative one
+    makes those weights ascend the loss. So is an in-class shape whose alpha is below ALPHA_FLOOR.
 
-    The shape is validated once, here, on the table's nodes (a tensor shaped like its input, finite):
+    The shape is validated once, here, on the table's nodes (a tensor shaped like its input, finite,
+    within the time budget SHAPE_BUDGET_S or the environment's QATRUN_SHAPE_BUDGET_S; qatrun's own
+    stand-in shapes, marked ``untimed``, are exempt):
     ``shape`` in the backward of every quantized layer calls it bare, with no host sync, so
     ``torch.compile`` keeps the layer in one graph. alpha is computed once, and the fp64 table is
     copied once to each device that asks for it.
@@ -196,13 +235,21 @@ class Custom(PeriodicEstimator):
         self._table = cum - cum[n // 2]  # F at the nodes j/n, zero at the threshold u = 1/2
         self._n = n
         self._tables = {self._table.device: self._table}  # device -> the table there (shared by copies)
-        self._alpha = 1.0 / float(self._table[n] - self._table[0])
+        self._alpha = check_alpha(f"custom: shape {self.shape_name!r}", 1.0 / float(self._table[n] - self._table[0]),
+                                  "scale the shape up (its harmonic mean over the bin is alpha)")
 
     def _call(self, u: torch.Tensor) -> torch.Tensor:
+        budget = shape_budget()
+        start = time.perf_counter()
         try:
             out = self._fn(u)
         except Exception as exc:  # a user function: report what it raised, and where
-            raise ValueError(f"custom: shape {self.shape_name!r} raised {type(exc).__name__}: {exc}") from None
+            raise ValueError(f"custom: {where(exc)}shape {self.shape_name!r} raised {type(exc).__name__}: "
+                             f"{one_line(exc)}") from None
+        took = time.perf_counter() - start
+        if took > budget and not getattr(self._fn, "untimed", False):
+            raise ValueError(f"custom: shape {self.shape_name!r} took {took:.1f} s on {u.numel()} points, more than "
+                             f"the {budget:g} s budget; make it vectorized or raise QATRUN_SHAPE_BUDGET_S")
         if not isinstance(out, torch.Tensor) or out.shape != u.shape:
             got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(
@@ -211,7 +258,13 @@ class Custom(PeriodicEstimator):
             )
         if not torch.isfinite(out).all():
             raise ValueError(f"custom: shape {self.shape_name!r} returned NaN or Inf")
-        return out.to(u.dtype)
+        out = out.to(u.dtype)
+        negative = out < -NEGATIVE_TOL * out.abs().max()
+        if negative.any():
+            i = negative.nonzero()[0, 0]
+            raise ValueError(f"custom: shape {self.shape_name!r} is negative at u={float(u[i]):.4g} "
+                             f"(g = {float(out[i]):.4g}): a gradient multiplier must be >= 0 on the whole bin")
+        return out
 
     def params(self):
         return {"shape": self.shape_name}
@@ -233,6 +286,8 @@ class Custom(PeriodicEstimator):
         return t
 
     def antiderivative(self, f):
+        if self._table is None:  # outside the class: no table (a host-side check, no sync)
+            self._refuse("mirror map M")
         table = self.table(f.device)
         x = f.to(torch.float64).clamp(0, 1) * self._n
         j = torch.floor(x).clamp_(max=self._n - 1)
