@@ -21,6 +21,7 @@ from qatrun.models import check_model
 from qatrun.pair import TwinSpec, autocast, resolve_twin
 
 DEVICES = ("auto", "cpu", "cuda")
+SEED_MAX = 2**32 - 1
 
 
 def group(cfg_group) -> tuple[str, dict]:
@@ -96,6 +97,9 @@ def build(cfg, data_shape: DataShape | None = None) -> RunSpec:
     device = select_device(cfg.device)
     autocast(cfg.precision, device)  # the pair's own check of the precision
     checks.positive_int("seed", cfg.seed, minimum=0)
+    if cfg.seed > SEED_MAX:  # torch's CPU generator (mt19937) keeps the low 32 bits: 2^40 would be seed 0 again
+        raise ValueError(f"seed must be an integer from 0 to {SEED_MAX}, got {cfg.seed}: torch's CPU generator keeps "
+                         f"32 bits, so it would repeat seed {cfg.seed % (SEED_MAX + 1)}")
     check_trainer(cfg.trainer)
     data_name, data_options = group(cfg.dataset)
     shape = data_shape or describe(data_name, **data_options)

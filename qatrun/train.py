@@ -264,6 +264,9 @@ def summarize(pair: Pair, steps: int, seed: int, final_eval: dict, history: dict
         for curve, name in (("loss", "train_loss"), ("test_loss", "test_loss"), ("test_acc", "test_acc")):
             out[f"pair/corr_{name}"] = pearson(history[f"est/{curve}"], history[f"twin/{curve}"],
                                                min_points=MIN_CURVE_POINTS)
+    if out.get("pair/distance_travelled") == 0.0:
+        out["alignment_note"] = ("the twin never moved (distance travelled 0): the alignment errors are 0/0, "
+                                 "so they are null, not 0")
     out = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
     out["history"] = history
     out["config"] = config

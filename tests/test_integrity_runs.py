@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from qatrun import checkpoint as ckpt
 from qatrun.files import lock_dir, unlock_dir
@@ -160,3 +161,36 @@ def test_a_really_full_disk_ends_in_one_line_with_the_last_checkpoint_intact(sma
     assert f"the last good checkpoint is {run / ckpt.NAME}" in line
     assert ckpt.load(run / ckpt.NAME)["step"] == 2  # intact, and no temp file left behind
     assert not list(run.glob(".checkpoint.pt.*"))
+
+
+def test_seeds_torch_would_fold_are_refused():
+    from qatrun.spec import build as build_spec
+
+    with pytest.raises(ValueError, match="seed must be an integer from 0 to 4294967295, got 1099511627776.*repeat seed 0"):
+        build_spec(make_cfg("seed=1099511627776"))
+    build_spec(make_cfg("seed=4294967295"))  # the largest distinct one
+
+
+def test_alignment_over_zero_distance_is_null_never_zero():
+    from qatrun.metrics import WeightComparer
+    from qatrun.spec import build as build_spec
+    from qatrun.train import pair_from_spec
+
+    cfg = make_cfg()
+    pair = pair_from_spec(cfg, build_spec(cfg), torch.device("cpu"), steps=10)
+    figs = WeightComparer.compute(pair.comparer)
+    assert float(figs["pair/distance_travelled"]) == 0.0
+    assert torch.isnan(figs["pair/alignment_error"]) and torch.isnan(figs["pair/alignment_error_identity"])
+
+
+def test_a_resume_after_the_shape_was_edited_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "myshapes.py").write_text("import torch\n\ndef soft(u):\n    return 1 + 0.5 * torch.cos(2 * torch.pi * u)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = make_cfg("estimator=custom", "estimator.shape=myshapes.soft", "trainer.max_steps=6",
+                   "trainer.checkpoint_every=2")
+    first = train(cfg, tmp_path / "r")
+    assert first["provenance"]["estimator.shape"]
+    (tmp_path / "myshapes.py").write_text("import torch\n\ndef soft(u):\n    return 1 + 0.4 * torch.cos(2 * torch.pi * u)\n")
+    with pytest.raises(ckpt.CheckpointError, match="the source of estimator.shape .* changed since the checkpoint"):
+        train(cfg, tmp_path / "r")

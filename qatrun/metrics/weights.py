@@ -72,7 +72,8 @@ class WeightComparer:
         out["pair/quantized_agreement"] = agree / total
         out["pair/quantized_mismatches"] = total - agree  # an integer: the step-0 check needs no division
         out["pair/distance_travelled"] = self.travelled.clone()
-        error = lambda d: torch.where(self.travelled > 0, d / self.travelled, torch.zeros_like(d))
+        # over zero distance travelled the error is 0/0: NaN (null in summary.json), never a perfect 0.0
+        error = lambda d: torch.where(self.travelled > 0, d / self.travelled, torch.full_like(d, float("nan")))
         for k in maps:
             out[f"pair/alignment_distance_{k}"] = dist[k]
             out[f"pair/alignment_error_{k}"] = error(dist[k])

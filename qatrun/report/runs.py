@@ -197,6 +197,11 @@ def find_runs(paths, notes: list) -> list[Run]:
         notes.append(f"{len(interrupted)} run dir(s) interrupted before the end (status.json; continue each with "
                      "qatrun resume=DIR): " + ", ".join(map(str, interrupted)))
         unfinished -= set(interrupted)
+    same = sorted(d for d in unfinished if (d / "same_as.txt").is_file())  # a re-run sweep's already-finished point
+    if same:
+        notes.append(f"{len(same)} job dir(s) are the same run as another (same_as.txt, by fingerprint), counted once: "
+                     + ", ".join(f"{d.name} = {(d / 'same_as.txt').read_text().strip()}" for d in same))
+        unfinished -= set(same)
     if unfinished:
         notes.append(f"{len(unfinished)} run dir(s) without summary.json (unfinished?): "
                      + ", ".join(sorted(map(str, unfinished))))
