@@ -32,6 +32,17 @@ export QATRUN_DATA=${QATRUN_DATA:-/tmp/qatrun-data}
 out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"; out=$(cd "$out" && pwd)
 t_start=$(date +%s)
 line() { printf '%-28s %s\n' "$1" "$2"; }
+figures() {  # the figures KEY... of the summary.json $1, on one line
+  $PY - "$@" <<'PYEOF'
+import json, sys
+try:
+    s = json.load(open(sys.argv[1]))
+except OSError:
+    print("no summary.json: see the run's log")
+    sys.exit(0)
+print(", ".join(f"{k} {s[k]:.4f}" if isinstance(s.get(k), float) else f"{k} {s.get(k)}" for k in sys.argv[2:]))
+PYEOF
+}
 die() { echo "gpu_check: $*" >&2; exit 2; }
 elapsed() { echo "$(( $(date +%s) - t_start )) s"; }
 
@@ -77,6 +88,9 @@ R50=(dataset=synthetic model=resnet50 precision=bf16 channels_last=true dataset.
      trainer.progress=false device=cuda)
 MNIST=(device=cuda trainer.progress=false dataset.download=false)
 BENCH=(--cases gpu-r50-bf16 --skip single --warmup 3 --steps 10 --rounds 3)
+# Every test with cuda in its name, slow or not (they are quick on a GPU); from outside the checkout.
+CUDA_TESTS=(-m pytest -q -p no:cacheprovider --import-mode=append --rootdir "$repo" -c "$repo/pyproject.toml"
+            --continue-on-collection-errors -k cuda "$repo/tests")
 
 if [ $dry = 1 ]; then  # the GPU runs' configs compose; a 2-step CPU pair on the carried MNIST; the bench
   for name in R50 MNIST; do
@@ -86,10 +100,12 @@ if [ $dry = 1 ]; then  # the GPU runs' configs compose; a 2-step CPU pair on the
   $PY -m qatrun device=cpu trainer.progress=false dataset.download=false trainer.max_steps=2 trainer.log_every=1 \
     trainer.eval_every=2 trainer.checkpoint_every=2 hydra.run.dir="$out/mnist_dry" > "$out/mnist_dry.log" 2>&1 \
     || die "the CPU pair on the carried MNIST failed: $out/mnist_dry.log"
-  line "mnist cpu pair (dry run)" "$($PY -c "import json, sys; s = json.load(open(sys.argv[1])); print('agreement', s['pair/quantized_agreement'])" "$out/mnist_dry/summary.json")"
+  line "mnist cpu pair (dry run)" "$(figures "$out/mnist_dry/summary.json" steps pair/quantized_agreement)"
   $PY -m qatrun.bench --cases cpu-small --compiled off --batch 8 --warmup 0 --steps 1 --rounds 1 --no-profile --quiet \
     --out "$out/bench_dry.json" > "$out/bench_dry.log" 2>&1 || die "the bench failed: $out/bench_dry.log"
   line "bench (dry run)" "$out/bench_dry.json"
+  $PY "${CUDA_TESTS[@]}" > "$out/cuda_tests_dry.log" 2>&1 || die "the cuda tests do not collect: $out/cuda_tests_dry.log"
+  line "cuda tests (dry run)" "$(tail -1 "$out/cuda_tests_dry.log")"
   line "dry run done" "$(elapsed)"
   exit 0
 fi
@@ -97,8 +113,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1 | sed 's/^/gpu: /'
 
 # Each check has a time limit, so that one that hangs cannot eat the others' minutes.
-timeout 120 $PY -m pytest -q -p no:cacheprovider --import-mode=append --rootdir "$repo" -c "$repo/pyproject.toml" \
-  -m "not slow" -k "cuda" "$repo/tests" > "$out/cuda_tests.log" 2>&1
+timeout 120 $PY "${CUDA_TESTS[@]}" > "$out/cuda_tests.log" 2>&1
 line "cuda tests" "$(tail -1 "$out/cuda_tests.log") ($(elapsed))"
 
 t0=$(date +%s.%N)
@@ -116,7 +131,7 @@ PYEOF
 ) ($(elapsed))"
 
 timeout 90 $PY -m qatrun "${MNIST[@]}" hydra.run.dir="$out/mnist" > "$out/mnist.log" 2>&1
-line "mnist small-cnn pair" "$(grep -E 'quantized_agreement|est/test_acc' "$out/mnist.log" | tr -s ' ' | tr '\n' ' ') ($(elapsed))"
+line "mnist small-cnn pair" "$(figures "$out/mnist/summary.json" pair/quantized_agreement est/test_acc) ($(elapsed))"
 
 # One ResNet-50 case, single skipped: three compiles (plain, the run, its twin) and one cached recompile.
 timeout 260 $PY -m qatrun.bench "${BENCH[@]}" --out "$out/bench.json" > "$out/bench.log" 2>&1

@@ -3,7 +3,8 @@
 A copy of the checkout (what the GPU machine gets), the carried folder ``.gpu/mnist`` with gzipped idx
 files (a small fake MNIST here; the wheels are not needed where Hydra is installed), then the script:
 a non-editable install into its own site folder, the config composed from there with the working
-directory outside the checkout, the MNIST files unpacked, a 2-step CPU pair with downloads off, the bench.
+directory outside the checkout, the MNIST files unpacked, a 2-step CPU pair with downloads off, the bench,
+the cuda tests collected from outside the checkout (skipped on a CPU).
 """
 
 import gzip
@@ -24,7 +25,7 @@ MNIST = {"train-images-idx3-ubyte": (2051, (1200, 28, 28)), "train-labels-idx1-u
 def _copy_checkout(dest: Path) -> None:
     """The tracked and untracked-not-ignored files the install needs (what travels to the GPU machine)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "--", "pyproject.toml", "README.md",
-                            "qatrun", "configs", "scripts"], cwd=ROOT, capture_output=True, text=True,
+                            "qatrun", "configs", "scripts", "tests"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split("\n")
     for rel in filter(None, files):
         src = ROOT / rel
@@ -68,6 +69,7 @@ def test_gpu_check_dry_run_installs_and_trains_from_carried_files(tmp_path):
     assert 0 <= summary["pair/quantized_agreement"] <= 1 and summary["steps"] == 2
     bench = json.loads((tmp_path / "out_a" / "bench_dry.json").read_text())
     assert bench["cases"]["cpu-small"]["ms_per_step"]["pair"] > 0
+    assert "cuda tests (dry run)" in res.stdout and " skipped" in res.stdout  # collected from outside, none ran
     assert "dry run done" in res.stdout
 
     # Without the carried MNIST the script stops before any run (downloads stay off): it never fetches.
