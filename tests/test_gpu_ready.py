@@ -113,7 +113,7 @@ def _cases():
     return {**{n: None for n in E.names()}, **{n: None for n in _twins()}}
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 2-5 s per estimator
 @pytest.mark.parametrize("name", list(_cases()))
 def test_compiled_quantized_step_has_no_graph_break(name):
     """What ``pair.compile_step`` compiles (the quantized model's forward, whose autograd.Function backward
