@@ -1,9 +1,10 @@
 """The pair: the estimator run and its twin, built once, stepped in lockstep, saved and restored.
 
-The twin (arXiv 2405.05171; docs/configuration.md, "pair.twin") is a clipped-STE run that should track the estimator run:
-for SGD it starts at ``M(w0)`` and trains its quantized weights at ``alpha * lr`` (a parameter
-group of their own: scaling the learning rate, not the gradient, keeps weight decay and momentum
-right); for Adam it is plain STE with the same init and lr. Everything that is not a quantized
+The twin (arXiv 2405.05171; docs/configuration.md, "pair.twin") is a clipped-STE run that should track
+the estimator run: for SGD it starts at ``M(w0)`` and trains its quantized weights at ``alpha * lr`` (a
+parameter group of their own: scaling the learning rate, not the gradient, keeps momentum and Adam's
+moments right; L2 weight decay is outside the theorem either way); for Adam it is plain STE with the
+same init and lr. Everything that is not a quantized
 weight (biases, float layers, batch-norm) starts identical and keeps the same lr in both runs.
 """
 

@@ -47,6 +47,8 @@ def build_estimators(cfg):
             return estimators.create(name, **options)
         except ValueError as exc:  # name the full key: "estimator.bits must be ...", else "estimator=qnet: ..."
             msg, first = str(exc), str(exc).split(" ", 1)[0]
+            if msg.startswith(f"{name}: "):
+                msg = msg[len(name) + 2:]
             full = f"{key}.{msg}" if first in options else msg if msg.startswith(key) else f"{key}={name}: {msg}"
             raise ValueError(full) from None
 

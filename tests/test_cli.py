@@ -68,7 +68,8 @@ BAD = [
     (["optimizer.momentum=abc"], "optimizer.momentum must be a number"),
     (["seed=abc"], "seed=abc: seed must be an integer"),
     (["trainer.changepoints=maybe"], "trainer.changepoints must be true or false"),
-    (["optimizer.lrr=0.1"], "unknown key optimizer.lrr; valid keys in optimizer: lr, momentum, name, nesterov"),
+    (["optimizer.lrr=0.1"], "unknown key optimizer.lrr; did you mean optimizer.lr? valid keys in optimizer: lr, "
+                            "momentum, name, nesterov"),
     (["+optimizer.lrr=0.1"], "adding keys with '+' is not allowed; valid keys in optimizer: lr, momentum"),
     (["optimizer=adam", "optimizer.momentum=0.9"], "valid keys in optimizer: betas, eps, lr, name, weight_decay"),
     (["estimator=tanh", "estimator.delta=0.1"], "unknown key estimator.delta; valid keys in estimator: bits, grid, k, name"),

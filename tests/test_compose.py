@@ -206,9 +206,9 @@ def test_python_api_takes_a_model_factory_and_a_dataset_object(tmp_path):
 
 def test_cli_trains_a_users_model_on_a_users_dataset(tmp_path, monkeypatch, capsys):
     """From the command line, with the user's module found in the current directory."""
-    (tmp_path / "mynets.py").write_text((Path(__file__).parent / "usercode.py").read_text())
+    (tmp_path / "my_usercode.py").write_text((Path(__file__).parent / "usercode.py").read_text())
     monkeypatch.chdir(tmp_path)
-    cli_main(["model=custom", "model.target=mynets:tiny_net", "dataset=custom", "dataset.target=mynets:stripes",
+    cli_main(["model=custom", "model.target=my_usercode:tiny_net", "dataset=custom", "dataset.target=my_usercode:stripes",
               "dataset.options={num_classes: 5}", *TINY_TRAIN, "hydra.run.dir=run"])
     out = capsys.readouterr().out
     assert "quantized layers (2): 0, 2\n" in out

@@ -23,7 +23,7 @@ def test_bad_points_are_listed_and_nothing_launches(tmp_path):
     line = refused(tmp_path, "-m", *SHORT, "estimator.bits=3,2", "optimizer.lr=0.01,-1")
     assert "3 of 4 sweep points are invalid; nothing was launched" in line
     out = run_in(tmp_path, "-m", *SHORT, "estimator.bits=3,2", "optimizer.lr=0.01,-1")
-    assert "[estimator.bits=3 optimizer.lr=0.01] tanh: no default sharpness k for 3 bits" in out.stderr
+    assert "[estimator.bits=3 optimizer.lr=0.01] estimator=tanh: no default sharpness k for 3 bits" in out.stderr
     assert "[estimator.bits=2 optimizer.lr=-1] optimizer.lr must be positive" in out.stderr
     assert "[estimator.bits=2 optimizer.lr=0.01]" not in out.stderr  # the good point is not listed
 

@@ -164,8 +164,8 @@ class PeriodicEstimator(Estimator):
         alpha (g between ``[-m, m]`` and the clip) is computed here once, not in every backward."""
         out = copy.copy(self)
         out.clip = (-1.0, 1.0) if abs(lo + 1) < EDGE_TOL and abs(hi - 1) < EDGE_TOL else (float(lo), float(hi))
-        if out.clip != (-1.0, 1.0):
-            out._clip_alpha = float(out.alpha)
+        if out.clip != (-1.0, 1.0):  # an estimator outside the class (qnet at 2+ bits) uses its stand-in's alpha
+            out._clip_alpha = float(out.reference().alpha)
         return out
 
     @property
