@@ -8,6 +8,7 @@ and without creating a directory. ``resume=DIR`` continues a run from its saved 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
             n, exclude, where = preflight.check_command(overrides, multirun)
             from qatrun.files import lock_dir
 
-            lock_dir(where)  # the run's (or the sweep's) directory is this process's from here on
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 owns it (it alone writes)
+                lock_dir(where)  # the run's (or the sweep's) directory is this process's from here on
             # Hydra then uses this very directory (its ${now:} is resolved once, here)
             argv.append(f"hydra.{'sweep' if multirun else 'run'}.dir={quote(str(where))}")
         except ValueError as exc:  # UserError, CheckpointError, a check's message, TrainingError below

@@ -54,15 +54,16 @@ LOCK = ".qatrun.lock"
 _held: dict[str, int] = {}  # directory -> the open lock file (kept open: the lock lives as long as the process)
 
 
-def lock_dir(path) -> None:
+def lock_dir(path) -> bool:
     """Take the run directory ``path`` for this process (created if needed): an exclusive ``fcntl`` lock on
     ``path/.qatrun.lock``, released when the process ends, also by SIGKILL. A second process is refused
-    with a ``ValueError`` naming the holder's pid. Idempotent within one process."""
+    with a ``ValueError`` naming the holder's pid. Idempotent within one process: True when this call took
+    the lock, False when this process held it already."""
     import fcntl
 
     path = Path(path).absolute()
     if str(path) in _held:
-        return
+        return False
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -75,6 +76,7 @@ def lock_dir(path) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _held[str(path)] = fd
+    return True
 
 
 def unlock_dir(path) -> None:

@@ -22,9 +22,10 @@ from tqdm import tqdm
 from qatrun import checkpoint as ckpt
 from qatrun import checks, dist
 from qatrun.data import DataShape, build_data
+from qatrun.device import fp32_precision, set_fp32_precision
 from qatrun.estimators import describe
 from qatrun.config import fingerprint
-from qatrun.files import lock_dir, os_error_line, remove_stale_temps, write_atomic, write_json
+from qatrun.files import lock_dir, os_error_line, remove_stale_temps, unlock_dir, write_atomic, write_json
 from qatrun.health import divergence
 from qatrun.metricnames import headline_first, printed
 from qatrun.metrics import pearson
@@ -95,16 +96,29 @@ def check_finite(pair: Pair, run_dir: Path) -> None:
 
 
 def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
-    """Train the pair described by ``cfg``; write TensorBoard events, checkpoints and summary.json."""
-    run_dir = Path(run_dir)
+    """Train the pair described by ``cfg``; write TensorBoard events, checkpoints and summary.json. The run
+    directory is this process's while it trains (``files.lock_dir``), and released at the end unless the
+    caller (the command line) took it first."""
+    held: list[Path] = []
+    try:
+        return _train(cfg, Path(run_dir), held)
+    finally:
+        for d in held:
+            unlock_dir(d)
+
+
+def _train(cfg: DictConfig, run_dir: Path, held: list) -> dict:
     main = dist.is_main()  # under torchrun only rank 0 measures, logs and writes
     spec = build_spec(cfg)  # every check, as preflight made them
     if main:
         checks.writable_dir(run_dir)
-        lock_dir(run_dir)  # one process per run directory (released at exit, also on SIGKILL)
+        if lock_dir(run_dir):  # one process per run directory (released at exit, also on SIGKILL)
+            held.append(run_dir)
         remove_stale_temps(run_dir)
     set_determinism(cfg.deterministic)
     device = dist.setup(cfg.device) or spec.device
+    if device.type == "cuda":  # precision=fp32 is IEEE fp32 on CUDA too (no TF32), set before anything compiles
+        set_fp32_precision()
     data = build_data(spec.data, device, cfg.seed, dist.world(), dist.rank(), **spec.data_options)
     tr, steps = cfg.trainer, spec.steps(data.steps_per_epoch)
     if cfg.compile:  # a fresh dynamo state per job: a Hydra sweep runs its jobs in one process, and the previous
@@ -180,6 +194,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
 
     summary = summarize(pair, steps, cfg.seed, final_eval, rec.history, config)
     summary["quantized_layers"] = list(spec.quantized)
+    summary["fp32_precision"] = fp32_precision() if device.type == "cuda" else None
     why = divergence(rec.history, summary, pair.runs, spec.shape.num_classes)
     summary["diverged"], summary["diverged_why"] = why is not None, why
     metrics = {k: summary[k] for k in headline_first(k for k in summary if "/" in k)}
