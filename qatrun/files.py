@@ -116,4 +116,4 @@ def os_error_line(exc: OSError, path, run_dir=None, need: int | None = None) -> 
         return f"the run directory {where} was removed while the run was going (writing {path.name})"
     if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return f"cannot write {path}: the run directory {where} became read-only while the run was going"
-    return f"cannot write {path}: {exc.strerror or exc}"
+    return f"{path}: {exc.strerror or exc}"

@@ -102,6 +102,12 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     held: list[Path] = []
     try:
         return _train(cfg, Path(run_dir), held)
+    except OSError as exc:  # TensorBoard's writer and the rest: a fault named in one line, as in guarded()
+        where = Path(run_dir)
+        if exc.filename is None or not str(os.fsdecode(exc.filename)).startswith(str(where)):
+            raise
+        guarded(where, Path(os.fsdecode(exc.filename)).relative_to(where), lambda: (_ for _ in ()).throw(exc))
+        raise
     finally:
         for d in held:
             unlock_dir(d)

@@ -194,3 +194,32 @@ def test_a_resume_after_the_shape_was_edited_is_refused(tmp_path, monkeypatch):
     (tmp_path / "myshapes.py").write_text("import torch\n\ndef soft(u):\n    return 1 + 0.4 * torch.cos(2 * torch.pi * u)\n")
     with pytest.raises(ckpt.CheckpointError, match="the source of estimator.shape .* changed since the checkpoint"):
         train(cfg, tmp_path / "r")
+
+
+def test_a_run_directory_removed_mid_run_ends_in_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    run, real = tmp_path / "run", ckpt.save
+
+    def save_then_remove(d, step, *a):
+        real(d, step, *a)
+        shutil.rmtree(run)  # someone cleans up the outputs while the run goes on
+
+    monkeypatch.setattr(ckpt, "save", save_then_remove)
+    with pytest.raises(TrainingError) as exc:
+        train(make_cfg("trainer.max_steps=4", "trainer.checkpoint_every=2"), run)
+    assert str(exc.value).startswith(f"the run directory {run} was removed while the run was going")
+    assert "\n" not in str(exc.value)
+
+
+def test_a_read_only_run_directory_is_named_as_such(tmp_path):
+    """Root ignores file modes and a tmpfs with open files cannot be remounted read-only, so the mapping of
+    the system's errors to the one line is checked on the errors themselves."""
+    import errno
+
+    from qatrun.files import os_error_line
+
+    for code in (errno.EROFS, errno.EACCES):
+        line = os_error_line(OSError(code, "Read-only file system"), tmp_path / "checkpoint.pt", tmp_path)
+        assert line == f"cannot write {tmp_path / 'checkpoint.pt'}: the run directory {tmp_path} became read-only " \
+                       "while the run was going"
