@@ -36,29 +36,20 @@ def sgd(groups, lr: float, momentum: float, nesterov: bool, weight_decay: float)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("adam", twin_rule="identity", why=NORMALISED)
-def adam(groups, lr: float, betas: List[float], eps: float, weight_decay: float):
-    return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+def _moments(cls):
+    """The builder of an Adam-family optimizer ``cls`` (betas, eps, weight decay: its YAML's keys)."""
+    def build(groups, lr: float, betas: List[float], eps: float, weight_decay: float):
+        return cls(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+    build.__name__ = build.__qualname__ = cls.__name__.lower()
+    return build
 
 
-@OPTIMIZERS.register("adamw", twin_rule="identity", why=NORMALISED + " (decoupled decay acts on both runs alike)")
-def adamw(groups, lr: float, betas: List[float], eps: float, weight_decay: float):
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-
-
-@OPTIMIZERS.register("adamax", twin_rule="identity", why=NORMALISED)
-def adamax(groups, lr: float, betas: List[float], eps: float, weight_decay: float):
-    return torch.optim.Adamax(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-
-
-@OPTIMIZERS.register("nadam", twin_rule="identity", why=NORMALISED)
-def nadam(groups, lr: float, betas: List[float], eps: float, weight_decay: float):
-    return torch.optim.NAdam(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-
-
-@OPTIMIZERS.register("radam", twin_rule="identity", why=NORMALISED)
-def radam(groups, lr: float, betas: List[float], eps: float, weight_decay: float):
-    return torch.optim.RAdam(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+for _name, _cls in (("adam", torch.optim.Adam), ("adamax", torch.optim.Adamax), ("nadam", torch.optim.NAdam),
+                    ("radam", torch.optim.RAdam)):
+    OPTIMIZERS.register(_name, twin_rule="identity", why=NORMALISED)(_moments(_cls))
+OPTIMIZERS.register("adamw", twin_rule="identity",
+                    why=NORMALISED + " (decoupled decay acts on both runs alike)")(_moments(torch.optim.AdamW))
 
 
 @OPTIMIZERS.register("rmsprop", twin_rule="identity", why=NORMALISED)

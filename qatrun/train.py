@@ -103,10 +103,14 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     try:
         return _train(cfg, Path(run_dir), held)
     except OSError as exc:  # TensorBoard's writer and the rest: a fault named in one line, as in guarded()
-        where = Path(run_dir)
-        if exc.filename is None or not str(os.fsdecode(exc.filename)).startswith(str(where)):
+        where, fault = Path(run_dir), exc
+        if fault.filename is None or not str(os.fsdecode(fault.filename)).startswith(str(where)):
             raise
-        guarded(where, Path(os.fsdecode(exc.filename)).relative_to(where), lambda: (_ for _ in ()).throw(exc))
+
+        def again():
+            raise fault
+
+        guarded(where, Path(os.fsdecode(fault.filename)).relative_to(where), again)
         raise
     finally:
         for d in held:
@@ -224,11 +228,11 @@ def provenance(config: dict) -> dict:
     from qatrun import userimport
 
     out = {"qatrun": __version__}
-    digest = getattr(userimport, "source_digest", None)
+    digest = userimport.source_digest
     for key in ("estimator.shape", "twin_estimator.shape", "model.target", "dataset.target"):
-        group, _, leaf = key.partition(".")
-        value = (config.get(group) or {}).get(leaf)
-        if digest is not None and isinstance(value, str) and value and not value.startswith(userimport.PREFIX):
+        grp, _, leaf = key.partition(".")
+        value = (config.get(grp) or {}).get(leaf)
+        if isinstance(value, str) and value and not value.startswith(userimport.PREFIX):
             try:
                 out[key] = digest(value)
             except Exception:  # the value was resolved already: a digest is a courtesy, never a failure

@@ -10,7 +10,7 @@ import pytest
 
 from qatrun import preflight
 from qatrun.train import train
-from tests.conftest import TINY, make_cfg
+from tests.conftest import make_cfg
 from tests.test_reliability import user_error
 
 QATRUN = [sys.executable, "-m", "qatrun"]

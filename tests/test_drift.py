@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qatrun import report
-from qatrun.report.drift import at_fraction, drift_table, fig_drift, select
+from qatrun.report.drift import at_fraction, fig_drift, select
 from qatrun.report.runs import load_run
 from tests.test_report import write_run
 

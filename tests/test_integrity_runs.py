@@ -14,7 +14,7 @@ from qatrun import checkpoint as ckpt
 from qatrun.files import lock_dir, unlock_dir
 from qatrun.train import TrainingError, train
 from tests.conftest import TINY, make_cfg
-from tests.test_reliability import CLI, cli
+from tests.test_reliability import CLI, cli, finished_run
 
 SHORT = [t for t in TINY if "max_steps" not in t] + ["trainer.max_steps=10"]
 
@@ -25,10 +25,7 @@ def snapshot(d: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fin") / "run"
-    out = cli(*SHORT, f"hydra.run.dir={d}")
-    assert out.returncode == 0, out.stderr[-2000:]
-    return d
+    return finished_run(tmp_path_factory, *SHORT)
 
 
 def test_a_flipped_byte_in_a_checkpoint_is_refused_and_the_file_kept(tmp_path):

@@ -11,7 +11,7 @@ from qatrun import checkpoint as ckpt
 from qatrun import report
 from qatrun.train import train
 from tests.conftest import TINY, make_cfg
-from tests.test_reliability import CLI, cli
+from tests.test_reliability import CLI, cli, finished_run
 
 # 200 steps (about 20 s on 2 cores): long enough to be interrupted mid-run; no step-count checkpoint
 LONG = [t for t in TINY if "max_steps" not in t and "checkpoint_every" not in t] + [
@@ -20,10 +20,7 @@ LONG = [t for t in TINY if "max_steps" not in t and "checkpoint_every" not in t]
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ref") / "run"
-    out = cli(*LONG, f"hydra.run.dir={d}")
-    assert out.returncode == 0, out.stderr[-2000:]
-    return d
+    return finished_run(tmp_path_factory, *LONG)
 
 
 @pytest.mark.slow

@@ -34,12 +34,17 @@ def user_error(out) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def finished_run(tmp_path_factory, *overrides):
+    """A run of ``overrides`` trained to the end by the command line, in a fresh directory."""
     d = tmp_path_factory.mktemp("ref") / "run"
-    out = cli(*KILLABLE, f"hydra.run.dir={d}")
+    out = cli(*overrides, f"hydra.run.dir={d}")
     assert out.returncode == 0, out.stderr[-2000:]
     return d
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return finished_run(tmp_path_factory, *KILLABLE)
 
 
 @pytest.mark.slow
