@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from qatrun import checkpoint as ckpt
 from qatrun import estimators, optim, schema
 from qatrun.cli import main as cli_main
 from qatrun.spec import build as build_spec
@@ -68,7 +69,7 @@ def test_every_dataset_trains_every_model(data, model, tree, tmp_path):
     if model in EXPECTED_CONVS:
         assert len(layers) == EXPECTED_CONVS[model]
     # the model was built for the data: its first convolution takes the data's channels
-    blob = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    blob = ckpt.load(tmp_path / "run" / "checkpoint.pt")
     first = next(v for k, v in blob["state"]["pair"]["models"][0].items() if k.endswith("weight") and v.dim() == 4)
     assert first.shape[1] == shape[0]
     assert s["pair/quantized_agreement"] <= 1.0 and s["twin_role"] == "warped"

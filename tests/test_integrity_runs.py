@@ -60,7 +60,7 @@ def test_a_killed_holder_releases_its_directory(tmp_path):
                                f"hydra.run.dir={d}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not (d / "status.json").exists() and holder.poll() is None:
         time.sleep(0.05)
-    out = cli(*SHORT, f"hydra.run.dir={d}")
+    out = cli(*[t for t in SHORT if "max_steps" not in t], "trainer.max_steps=400", f"hydra.run.dir={d}")
     assert out.returncode == 2 and "in use by another qatrun process" in out.stderr
     holder.kill()
     holder.wait()
@@ -79,14 +79,18 @@ def test_a_refused_command_leaves_a_finished_run_byte_identical(finished):
 @pytest.mark.slow
 def test_a_sweep_run_again_with_one_more_value_trains_only_the_new_point(tmp_path):
     sweep = tmp_path / "sweep"
-    first = cli("-m", *SHORT, "estimator.bits=1,2", f"hydra.sweep.dir={sweep}")
+    first = cli("-m", *SHORT, "seed=1,2", f"hydra.sweep.dir={sweep}")
     assert first.returncode == 0, first.stderr[-2000:]
-    again = cli("-m", *SHORT, "estimator.bits=1,2,4", "estimator.k=null", f"hydra.sweep.dir={sweep}")
+    again = cli("-m", *SHORT, "seed=0,1,2", f"hydra.sweep.dir={sweep}")  # the job numbers shift by one
     assert again.returncode == 0, again.stderr[-2000:]
-    summaries = sorted(sweep.glob("*/summary.json"))
+    summaries = sorted(p for p in sweep.glob("*/summary.json") if p.parent.name != "report")
     fps = [json.loads(p.read_text())["fingerprint"] for p in summaries]
     assert len(fps) == len(set(fps)) == 3, summaries  # three results, none computed twice
-    assert "same run as" in again.stdout + again.stderr
+    assert sorted(p.parent.name for p in sweep.glob("*/same_as.txt")) == ["1_seed=1", "2_seed=2"]
+    assert (again.stdout + again.stderr).count("is the same run as") == 2
+    table = (sweep / "report" / "table.md").read_text()
+    rows = [l for l in table.splitlines() if l.startswith("|") and "---" not in l][1:]
+    assert len(rows) == 1 and "±" in rows[0]  # one comparison of three distinct seeds, never a duplicate
 
 
 def test_a_full_disk_names_its_cause_and_keeps_the_checkpoint(tmp_path, monkeypatch):
