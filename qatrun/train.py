@@ -103,14 +103,19 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
     try:
         return _train(cfg, Path(run_dir), held)
     except OSError as exc:  # TensorBoard's writer and the rest: a fault named in one line, as in guarded()
+        import errno
+
         where, fault = Path(run_dir), exc
-        if fault.filename is None or not str(os.fsdecode(fault.filename)).startswith(str(where)):
+        name = os.fsdecode(fault.filename) if fault.filename is not None else None
+        if name is not None and not name.startswith(str(where)):
+            raise  # not a write of this run (data on another disk, say): its own message
+        if name is None and fault.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOENT):
             raise
 
         def again():
             raise fault
 
-        guarded(where, Path(os.fsdecode(fault.filename)).relative_to(where), again)
+        guarded(where, Path(name).relative_to(where) if name else Path("."), again)
         raise
     finally:
         for d in held:
