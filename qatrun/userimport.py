@@ -130,3 +130,21 @@ def live(obj, kind: str) -> str:
     key = f"{PREFIX}{kind}:{name}:{len(LIVE)}"
     LIVE[key] = obj if callable(obj) else (lambda **_: obj)
     return key
+
+
+def build_with(path: str, key: str, given: dict, options: dict | None = None):
+    """Resolve the user's builder ``path`` (config key ``key``) and call it with whichever of ``given`` it accepts
+    (all of them if it takes ``**kwargs``) plus ``options``; what it raises becomes one line naming the key."""
+    import inspect
+
+    fn = resolve(path, key)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in given.items() if takes_all or k in params} | dict(options or {})
+    try:
+        return fn(**kwargs)
+    except Exception as exc:
+        raise ValueError(f"{key}={path} raised {type(exc).__name__}: {exc}") from None

@@ -204,23 +204,11 @@ class CustomData:
 
     @staticmethod
     def make(target: Optional[str], options: Optional[dict], seed: int = 0, world: int = 1, rank: int = 0):
-        import inspect
-
-        from qatrun.userimport import resolve
+        from qatrun.userimport import build_with
 
         if not target:
             raise ValueError("dataset=custom needs dataset.target=pkg.module:build, a function returning your dataset")
-        fn = resolve(target, "dataset.target")
-        given = {"seed": seed, "world": world, "rank": rank}
-        try:
-            params = inspect.signature(fn).parameters
-        except (TypeError, ValueError):
-            params = {}
-        takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        try:
-            data = fn(**{k: v for k, v in given.items() if takes_all or k in params}, **dict(options or {}))
-        except Exception as exc:
-            raise ValueError(f"dataset.target={target} raised {type(exc).__name__}: {exc}") from None
+        data = build_with(target, "dataset.target", {"seed": seed, "world": world, "rank": rank}, options)
         missing = [a for a in REQUIRED if not hasattr(data, a)]
         if missing:
             raise ValueError(f"dataset.target={target} returned a {type(data).__name__} without {', '.join(missing)}; "

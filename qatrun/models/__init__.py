@@ -21,7 +21,6 @@ refusing a model that cannot take the data, in one line, before anything is crea
 from __future__ import annotations
 
 import difflib
-import inspect
 from typing import Any, Dict, Tuple
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn as nn
 from qatrun.models.resnet import resnet18, resnet50
 from qatrun.models.small_cnn import small_cnn
 from qatrun.registry import Registry
-from qatrun.userimport import resolve
+from qatrun.userimport import build_with
 
 # The builder parameters the run fills in from the data (not config keys).
 SUPPLIED = ("num_classes", "input_shape")
@@ -90,19 +89,9 @@ def custom_model(num_classes: int = 10, input_shape: Tuple[int, int, int] = (1, 
     ``input_shape``, ``in_channels`` and ``image_size`` it accepts, plus ``options``."""
     if not target:
         raise ValueError("model=custom needs model.target=pkg.module:build, a function returning your nn.Module")
-    fn = resolve(target, "model.target")
     given = {"num_classes": num_classes, "input_shape": tuple(input_shape), "in_channels": input_shape[0],
              "image_size": input_shape[1]}
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in given.items() if takes_all or k in params} | dict(options or {})
-    try:
-        model = fn(**kwargs)
-    except Exception as exc:
-        raise ValueError(f"model.target={target} raised {type(exc).__name__}: {exc}") from None
+    model = build_with(target, "model.target", given, options)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model.target={target} must return an nn.Module, got {type(model).__name__}")
     return model
