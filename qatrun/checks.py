@@ -5,6 +5,7 @@ Booleans are refused where a number is expected (``True`` is an ``int`` in Pytho
 
 from __future__ import annotations
 
+import difflib
 import math
 import tempfile
 from pathlib import Path
@@ -43,9 +44,20 @@ def in_range(key: str, v, lo: float, hi: float, *, hi_open: bool = True) -> floa
     return v
 
 
-def one_of(key: str, v, choices) -> str:
+def nearest(word: str, valid) -> str:
+    """' did you mean X?' for the valid names closest to ``word`` (case-insensitive first), or ''."""
+    valid = list(valid)
+    same = [v for v in valid if v.lower() == str(word).lower()]
+    near = same or difflib.get_close_matches(str(word).lower(), valid, n=2, cutoff=0.6)
+    return f" did you mean {' or '.join(near)}?" if near else ""
+
+
+def one_of(key: str, v, choices, *, suggest: bool = False) -> str:
+    """``v`` when it is one of ``choices``; else a ValueError naming ``key`` and the valid values (with
+    ``suggest``, the nearest of them first: ``did you mean periodic?``)."""
     if v not in choices:
-        raise ValueError(f"unknown {key} {v!r}; valid: {', '.join(map(str, choices))}")
+        hint = nearest(str(v), map(str, choices)) if suggest else ""
+        raise ValueError(f"unknown {key} {v!r};{hint} valid: {', '.join(map(str, choices))}")
     return v
 
 

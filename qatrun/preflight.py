@@ -11,7 +11,6 @@ valid (``qatrun: error: ...``, exit code 2); nothing is created on the way.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import os
@@ -23,7 +22,8 @@ from pathlib import Path
 from omegaconf import OmegaConf, open_dict
 
 from qatrun import checkpoint as ckpt
-from qatrun.config import OPERATIONAL, config_diff, flatten
+from qatrun.checks import nearest
+from qatrun.config import OPERATIONAL, config_diff, flatten, with_added
 from qatrun.spec import build as build_spec
 
 GROUPS = ("dataset", "model", "optimizer", "estimator", "experiment")
@@ -33,14 +33,6 @@ TYPES = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false
 
 class UserError(ValueError):
     """A mistake in the command; the message is the whole explanation."""
-
-
-def nearest(word: str, valid) -> str:
-    """' did you mean X?' for the valid names closest to ``word`` (case-insensitive first), or ''."""
-    valid = list(valid)
-    same = [v for v in valid if v.lower() == str(word).lower()]
-    near = same or difflib.get_close_matches(str(word).lower(), valid, n=2, cutoff=0.6)
-    return f" did you mean {' or '.join(near)}?" if near else ""
 
 
 def parse(overrides: list[str]):
@@ -255,7 +247,7 @@ def resume(overrides: list[str]):
     if not path.is_file():
         raise UserError(f"resume={where}: no qatrun checkpoint there ({path} does not exist); resume takes the "
                         "directory of an earlier run, the one holding checkpoint.pt")
-    saved = ckpt.load(path)["config"]
+    saved = with_added(ckpt.load(path)["config"])  # a checkpoint from before a key existed: the value it ran with
     flat, cfg, groups = flatten(saved), OmegaConf.create(saved), []
     for o in parsed:
         key = o.key_or_group

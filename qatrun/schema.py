@@ -71,6 +71,7 @@ def node(family: str, name: str) -> type:
 class Pair:
     twin: str = MISSING
     twin_lr_scale: float = MISSING
+    mirror_extension: str = MISSING
 
 
 @dataclass

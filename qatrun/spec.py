@@ -109,7 +109,8 @@ def build(cfg, data_shape: DataShape | None = None) -> RunSpec:
     opt_name, opt_options = group(cfg.optimizer)
     lr = opt_options.pop("lr")
     optim.build_optimizer(opt_name, [torch.zeros(1, requires_grad=True)], lr, **opt_options)  # torch's checks too
-    twin = resolve_twin(cfg.pair.twin, est, optim.twin_rule(opt_name), cfg.pair.twin_lr_scale, twin_est)
+    twin = resolve_twin(cfg.pair.twin, est, optim.twin_rule(opt_name), cfg.pair.twin_lr_scale, twin_est,
+                        cfg.pair.mirror_extension)
     model_name, model_options = group(cfg.model)
     he_init, quantize_linear = model_options.pop("he_init"), model_options.pop("quantize_linear")
     quantized = check_model(model_name, model_options, shape.input_shape, shape.num_classes, quantize_linear)

@@ -55,6 +55,7 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         FAILED[:] = [f"{p.parent.name}: {p.read_text().splitlines()[1]}" for p in sorted(sweep_dir.glob(f"*/{ERROR_FILE}"))]
+        hparams_experiment(sweep_dir)
         try:
             from qatrun.report import report
 
@@ -68,3 +69,27 @@ class SweepCallback(Callback):
             print(f"qatrun: {len(FAILED)} sweep point(s) failed (details in each job's {ERROR_FILE}):", file=sys.stderr)
             for line in FAILED:
                 print(f"  {line}", file=sys.stderr)
+
+
+HPARAMS_DIR = "hparams"  # <sweep dir>/hparams/: the sweep's HParams experiment (tensorboard --logdir <sweep dir>)
+
+
+def hparams_experiment(sweep_dir: Path) -> None:
+    """The sweep's HParams experiment, from its finished runs' summaries: the keys that differ between the
+    points first and checked, the headline metric first. Nothing when no run finished."""
+    import json
+
+    from qatrun.metricnames import headline_first
+    from qatrun.tblog import write_experiment
+
+    runs = []
+    for p in sorted(sweep_dir.glob("*/summary.json")):
+        try:
+            s = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(s, dict) and isinstance(s.get("hparams"), dict):
+            runs.append(s)
+    if runs:
+        metrics = headline_first(sorted({k for s in runs for k, v in s.items() if "/" in k and isinstance(v, float)}))
+        write_experiment(sweep_dir / HPARAMS_DIR, [s["hparams"] for s in runs], metrics)

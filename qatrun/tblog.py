@@ -35,14 +35,15 @@ class TBLogger:
     def hparams(self, params: dict, metrics: dict[str, float], step: int) -> None:
         """Final figures in the HParams dashboard (same event file, so sweeps line up by run dir).
 
-        A metric's value is the last point of the scalar with the same tag; figures never logged as a
+        The run writes its session only: with no experiment in the logdir TensorBoard builds one from the
+        sessions, marking the keys whose values differ (``differs``) and listing them first; a sweep adds
+        its own (``write_experiment``). A metric's value is the last point of the scalar with the same tag; figures never logged as a
         scalar (change points, correlations) are written once at ``step``, nothing is written twice: a
         process that logged no scalar (a re-run of a finished run) leaves the earlier points alone."""
-        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
         metrics = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
-        exp, ssi, sei = hparams_summary(clean, metrics)
+        _, ssi, sei = hparams_summary(clean(params), metrics)
         fw = self.writer._get_file_writer()
-        for s in (exp, ssi, sei):
+        for s in (ssi, sei):  # no experiment here: TensorBoard reads one experiment per logdir (write_experiment)
             fw.add_summary(s)
         for k, v in metrics.items():
             if self.tags and k not in self.tags:
@@ -53,3 +54,25 @@ class TBLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def clean(params: dict) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
+
+
+def write_experiment(log_dir, runs: list[dict], metrics: list[str]) -> None:
+    """One HParams experiment for a set of runs (a sweep: each run's ``hparams`` from its summary.json) in
+    ``log_dir``: every key, those whose value differs between the runs marked ``differs`` (TensorBoard lists
+    and checks them first), the metrics in the given order (the headline first)."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    keys = list(dict.fromkeys(k for r in runs for k in r))
+    differs = {k: len({repr(r.get(k)) for r in runs}) > 1 for k in keys}
+    rep = {k: next(r[k] for r in runs if k in r) for k in sorted(keys, key=lambda k: not differs[k])}
+    exp, _, _ = hparams_summary(clean(rep), {m: 0.0 for m in metrics})
+    data = plugin_data_pb2.HParamsPluginData.FromString(exp.value[0].metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = differs.get(info.name, False)
+    exp.value[0].metadata.plugin_data.content = data.SerializeToString()
+    with SummaryWriter(str(log_dir)) as w:
+        w._get_file_writer().add_summary(exp)

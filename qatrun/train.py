@@ -213,7 +213,8 @@ def _train(cfg: DictConfig, run_dir: Path, held: list) -> dict:
     why = divergence(rec.history, summary, pair.runs, spec.shape.num_classes)
     summary["diverged"], summary["diverged_why"] = why is not None, why
     metrics = {k: summary[k] for k in headline_first(k for k in summary if "/" in k)}
-    rec.tb.hparams(hparam_view(cfg, pair, steps), metrics, steps)
+    summary["hparams"] = hparam_view(cfg, pair, steps)  # a sweep's HParams experiment reads them (qatrun.sweep)
+    rec.tb.hparams(summary["hparams"], metrics, steps)
     rec.tb.close()
     summary["fingerprint"], summary["provenance"] = fingerprint(config, prov), prov
     sample = pair.weight_sample(tr.scatter_sample, cfg.seed)
@@ -314,6 +315,7 @@ def hparam_view(cfg, pair: Pair, steps: int) -> dict:
             "alpha": pair.est.alpha if pair.est.in_class else float("nan"),
             "optimizer": cfg.optimizer.name, "lr": cfg.optimizer.lr, "twin": cfg.pair.twin,
             "twin_init": pair.spec.init, "twin_lr_factor": pair.spec.lr_factor, "twin_lr_scale": cfg.pair.twin_lr_scale,
+            "mirror_extension": pair.spec.extension,
             "dataset": cfg.dataset.name, "model": cfg.model.name, "steps": steps, "seed": cfg.seed}
 
 
@@ -323,8 +325,10 @@ def summary_lines(summary: dict) -> list[str]:
     lines = []
     if summary.get("twin_description"):
         opt = summary.get("config", {}).get("optimizer", {})
+        extension = "; M periodic outside [-m, m]" if summary.get("mirror_extension") == "periodic" else ""
         lines.append(f"  {summary.get('estimator_description')} against {summary.get('twin_estimator')}: "
-                     f"{summary['twin_description']} ({summary.get('twin_role')}); {opt.get('name')} lr {opt.get('lr')}")
+                     f"{summary['twin_description']} ({summary.get('twin_role')}); {opt.get('name')} lr {opt.get('lr')}"
+                     f"{extension}")
     for key, base in printed():
         v = summary.get(key)
         if key not in summary:

@@ -2,8 +2,9 @@
 
 ``resolve_twin`` turns the twin mode, the run's estimator, the optimizer's twin rule (``qatrun.optim``)
 and an optional twin estimator into the spec: the twin's estimator, its init map (``M_B^{-1}(M_A(w0))``
-or the identity), its learning-rate factor and its role (``ROLES``), which ``summary.json`` records as
-``twin_role`` and the report, verdicts, HParams and the benchmark read. Pure torch: no I/O, no config.
+or the identity), its learning-rate factor, its role (``ROLES``), which ``summary.json`` records as
+``twin_role`` and the report, verdicts, HParams and the benchmark read, and how M continues outside
+``[-m, m]`` (``pair.mirror_extension``, ``estimators.EXTENSIONS``). Pure torch: no I/O, no config.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from qatrun import estimators
-from qatrun.estimators import Estimator, NotInClassError, PeriodicEstimator, describe, warp
+from qatrun import checks, estimators
+from qatrun.estimators import EXTENSIONS, Estimator, NotInClassError, PeriodicEstimator, describe, warp
 
 # The twin's role: what the comparison means (docs/configuration.md, "pair.twin"). ``twin_role`` in summary.json; the
 # report, the verdicts, TensorBoard's HParams and the benchmark read it.
@@ -38,7 +39,8 @@ class TwinSpec:
     coordinates, ``w_twin = M_target^{-1}(M_source(w))`` (``estimators.warp``; target None: the STE).
     ``source`` is None when the twin is not warped. ``role`` (a key of ``ROLES``) says what the
     comparison is; ``predicted``: the theorem predicts this twin to track the run under the optimizer's
-    ``rule`` (``warp``, ``identity`` or ``exact``, ``qatrun.optim``).
+    ``rule`` (``warp``, ``identity`` or ``exact``, ``qatrun.optim``). ``extension``: how both maps continue
+    outside ``[-m, m]`` (``shift`` or ``periodic``, ``estimators.EXTENSIONS``), for the init and the alignment.
     """
 
     mode: str
@@ -50,6 +52,7 @@ class TwinSpec:
     target: PeriodicEstimator | None = None
     role: str = "none"
     rule: str = "warp"
+    extension: str = "shift"
 
     @property
     def predicted(self) -> bool:
@@ -69,7 +72,7 @@ class TwinSpec:
 
     def to_twin(self, w: torch.Tensor, m) -> torch.Tensor:
         """An estimator-run weight in the twin's coordinates (the identity when not warped)."""
-        return warp(w, m, self.source, self.target) if self.init == "mirror" else w.detach()
+        return warp(w, m, self.source, self.target, self.extension) if self.init == "mirror" else w.detach()
 
     def figures(self) -> dict:
         """What the summary records about the twin, beside ``twin``, ``twin_init`` and the lr factors."""
@@ -79,7 +82,7 @@ class TwinSpec:
                 "alpha_twin": est.alpha if est is not None and est.in_class else None,
                 "twin_clip": list(est.clip) if isinstance(est, PeriodicEstimator) else None,
                 "twin_role": self.role, "twin_predicted": self.predicted, "twin_description": self.description,
-                "twin_rule": self.rule}
+                "twin_rule": self.rule, "mirror_extension": self.extension}
 
 
 def _role(which: str, init: str, use_alpha: bool, ab: bool, lr_scale: float) -> str:
@@ -106,9 +109,10 @@ TWIN_CHOICES = ("auto", "none", *TWIN_MODES)
 
 
 def resolve_twin(mode: str, estimator: Estimator, optimizer_warps: bool | str, lr_scale: float = 1.0,
-                 twin_estimator: Estimator | None = None) -> TwinSpec:
+                 twin_estimator: Estimator | None = None, extension: str = "shift") -> TwinSpec:
     """Turn ``pair.twin`` into a TwinSpec. ``optimizer_warps``: the optimizer's twin rule (``warp``,
     ``identity``, ``exact``; or a bool, True for ``warp``): ``auto`` warps under ``warp`` only.
+    ``extension`` (``pair.mirror_extension``): how the maps continue outside ``[-m, m]``.
 
     ``twin_estimator`` (B; default the STE) is the twin's own estimator: an A-B pair. Warped, the twin
     starts at ``M_B^{-1}(M_A(w0))`` and trains at ``alpha_A / alpha_B`` times the lr (arXiv 2405.05171:
@@ -121,6 +125,7 @@ def resolve_twin(mode: str, estimator: Estimator, optimizer_warps: bool | str, l
         raise ValueError(f"unknown pair.twin {mode!r}; valid: {', '.join(TWIN_CHOICES)}")
     if not lr_scale > 0:
         raise ValueError(f"pair.twin_lr_scale must be positive, got {lr_scale}")
+    checks.one_of("pair.mirror_extension", extension, EXTENSIONS, suggest=True)
     if twin_estimator is not None:
         if twin_estimator.grid != estimator.grid:
             raise ValueError(
@@ -132,16 +137,16 @@ def resolve_twin(mode: str, estimator: Estimator, optimizer_warps: bool | str, l
                              f"{describe(twin_estimator)} was given; with one use pair.twin=auto, full, nowarp, "
                              "warp_init or warp_lr (or drop twin_estimator)")
     if mode == "none":
-        return TwinSpec(mode, None, "identity", 1.0, 1.0, rule=rule)
+        return TwinSpec(mode, None, "identity", 1.0, 1.0, rule=rule, extension=extension)
     mode_used = ("full" if rule == "warp" else "nowarp") if mode == "auto" else mode
     which, init, use_alpha = TWIN_MODES[mode_used]
     ab = which == "twin" and twin_estimator is not None
     role = _role(which, init, use_alpha, ab and twin_estimator.name != "ste", float(lr_scale))  # an explicit STE: today's
     if which == "same":
-        return TwinSpec(mode, estimator, init, 1.0, float(lr_scale), role=role, rule=rule)
+        return TwinSpec(mode, estimator, init, 1.0, float(lr_scale), role=role, rule=rule, extension=extension)
     twin = twin_estimator if ab else estimators.create("ste", bits=estimator.bits, grid=estimator.grid)
     if init == "identity" and not use_alpha:
-        return TwinSpec(mode, twin, init, 1.0, float(lr_scale), role=role, rule=rule)
+        return TwinSpec(mode, twin, init, 1.0, float(lr_scale), role=role, rule=rule, extension=extension)
     try:
         source, target = estimator.reference(), twin.reference()
     except NotInClassError as exc:
@@ -150,14 +155,15 @@ def resolve_twin(mode: str, estimator: Estimator, optimizer_warps: bool | str, l
                          "pair.twin=ste (a plain STE twin from w0), nowarp or self") from None
     factor = source.alpha / target.alpha if use_alpha else 1.0
     if init == "mirror":
-        lo, hi = estimators.edges(source, target)
+        lo, hi = estimators.edges(source, target, extension)
         if isinstance(twin, PeriodicEstimator):
-            twin = twin.with_clip(lo, hi)
+            twin = twin.with_clip(lo, hi, extension)
         elif abs(lo + 1) > estimators.base.EDGE_TOL or abs(hi - 1) > estimators.base.EDGE_TOL:
             raise ValueError(f"the warp moves the clipping edges to [{lo:.6g} m, {hi:.6g} m] but twin estimator "
                              f"{describe(twin)} can only pass gradients on [-m, m]; choose a periodic twin estimator")
     return TwinSpec(mode, twin, init, factor, float(lr_scale), source if init == "mirror" else None,
-                    target if init == "mirror" and not target.is_identity else None, role=role, rule=rule)
+                    target if init == "mirror" and not target.is_identity else None, role=role, rule=rule,
+                    extension=extension)
 
 
 def alignment_map(estimator: Estimator, spec: TwinSpec):
@@ -171,4 +177,4 @@ def alignment_map(estimator: Estimator, spec: TwinSpec):
         target = spec.estimator.reference()
     except NotInClassError:
         return None
-    return lambda layer: warp(layer.weight, layer.m, source, target)
+    return lambda layer: warp(layer.weight, layer.m, source, target, spec.extension)

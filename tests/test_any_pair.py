@@ -68,7 +68,7 @@ def test_asymmetric_shape_aligns_as_well_as_a_symmetric_one(tmp_path):
     sym = run(tmp_path, "cos", "estimator=custom", "estimator.shape=qatrun.shapes.cosine")
     asym = run(tmp_path, "sin", "estimator=custom", "estimator.shape=qatrun.shapes.sine")
     assert asym["twin_clip"] == pytest.approx([-8 / 9, 10 / 9], abs=1e-6) and sym["twin_clip"] == [-1.0, 1.0]
-    with mock.patch.object(E.PeriodicEstimator, "with_clip", lambda self, lo, hi: self):
+    with mock.patch.object(E.PeriodicEstimator, "with_clip", lambda self, lo, hi, extension="shift": self):
         plain = run(tmp_path, "sin_plain", "estimator=custom", "estimator.shape=qatrun.shapes.sine")
     assert asym["pair/alignment_error"] < 1.5 * sym["pair/alignment_error"]
     assert plain["pair/alignment_error"] > 3 * asym["pair/alignment_error"]

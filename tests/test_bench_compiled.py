@@ -91,7 +91,7 @@ def test_scaling_cases_and_table(tmp_path, capsys):
     r = d["cases"]["cpu-scale-small"]
     assert row == json.loads(json.dumps(scaling_row(r)))
     assert row["quantized_weights"] == 32 * 9 + 64 * 32 * 9  # the small CNN's two convolutions
-    assert row["tracker_bytes_per_weight"] == pytest.approx(94, abs=0.01)  # ChangePointTracker: 94 B per weight
+    assert row["tracker_bytes_per_weight"] == pytest.approx(118, abs=0.01)  # ChangePointTracker: 118 B per weight
     assert row["tracker_share"] == r["changepoint_fraction"] and row["pair_ms"] == r["ms_per_step"]["pair"]
     assert row["tracker_ms_per_mweight"] == pytest.approx(row["tracker_ms"] / (row["quantized_weights"] / 1e6))
     assert format_scaling(d["scaling"]) in printed and "18,720" in printed

@@ -141,6 +141,46 @@ def _val(m, k):
     return m[k].item()
 
 
+# The two reduced sequences, by their definitions (plain Python, on exact sequences: no level repeated twice
+# in a row).
+
+
+def _rewrite_squares(seq, rng=None):
+    """The authors' rule as stated: rewrite an x-y-x-y to x-y until none is left; at the leftmost one,
+    or with ``rng`` at a random one (the result must not depend on the choice)."""
+    s = list(seq)
+    while True:
+        hits = [i for i in range(len(s) - 3) if s[i] == s[i + 2] and s[i + 1] == s[i + 3]]
+        if not hits:
+            return s
+        i = rng.choice(hits) if rng is not None else hits[0]
+        del s[i + 2 : i + 4]
+
+
+def _compress_stream(seq):
+    """The streaming form the tracker implements: drop S[-1] instead of appending c when S + c ends x-y-x-y."""
+    s = [seq[0]]
+    for c in seq[1:]:
+        if len(s) >= 3 and s[-1] == s[-3] and c == s[-2]:
+            s.pop()
+        else:
+            s.append(c)
+    return s
+
+
+def _backtrack(seq):
+    """qatrun's earlier rule: a return to the level left at the last appended change pops it; no chaining."""
+    s, can_pop = [seq[0]], False
+    for c in seq[1:]:
+        if can_pop and len(s) >= 2 and c == s[-2]:
+            s.pop()
+            can_pop = False
+        else:
+            s.append(c)
+            can_pop = True
+    return s
+
+
 def test_shifted_timing_exact_error():
     # a changes at 3 and 7, b at 4 and 9: same sequence 0-1-2, error (1 + 2) / 2 = 1.5
     a = _seq({3: 1, 7: 2}, 0, 12)
@@ -148,8 +188,10 @@ def test_shifted_timing_exact_error():
     m = _track([a], [b]).compute()
     assert _val(m, "sequence_agreement") == 1.0
     assert _val(m, "sequence_agreement_compressed") == 1.0
+    assert _val(m, "sequence_agreement_backtrack") == 1.0
     assert _val(m, "changepoint_error") == 1.5
     assert _val(m, "changepoint_error_compressed") == 1.5
+    assert _val(m, "changepoint_error_backtrack") == 1.5
     assert _val(m, "changes_a") == 2 and _val(m, "changes_b") == 2
     assert _val(m, "oscillations_a") == 0 and _val(m, "oscillating_fraction_b") == 0.0
 
@@ -172,6 +214,7 @@ def test_different_sequences_and_lengths():
     m = _track([same, same, same], [same, diff_level, longer]).compute()
     assert _val(m, "sequence_agreement") == pytest.approx(1 / 3)
     assert _val(m, "sequence_agreement_compressed") == pytest.approx(1 / 3)
+    assert _val(m, "sequence_agreement_backtrack") == pytest.approx(1 / 3)
     assert _val(m, "changepoint_error") == 0.0  # only weight 0 agrees, same timing
     assert _val(m, "changes_a") == 3 and _val(m, "changes_b") == 4
 
@@ -185,12 +228,13 @@ def test_different_sequences_and_lengths():
 
 
 def test_same_levels_different_order_disagree():
-    # 0-1-2-1 vs 0-2-1-1... same multiset of levels, different order
+    # 0-1-2-1 vs 0-2-1-2: same multiset of levels, different order (backtrack: 0-1-2 vs 0-2-1)
     a = [0, 1, 2, 1]
     b = [0, 2, 1, 2]
     m = _track([a], [b]).compute()
     assert _val(m, "sequence_agreement") == 0.0
     assert _val(m, "sequence_agreement_compressed") == 0.0
+    assert _val(m, "sequence_agreement_backtrack") == 0.0
 
 
 def test_abab_vs_ab_compressed_agree():
@@ -198,38 +242,80 @@ def test_abab_vs_ab_compressed_agree():
     b = _seq({3: 1}, 0, 10)              # 0-1
     m = _track([a], [b]).compute()
     assert _val(m, "sequence_agreement") == 0.0
-    assert _val(m, "sequence_agreement_compressed") == 1.0
-    # compressed counts: a: 0,0,1,1,0,0,1,... b: 0,0,0,1,...; |diff| = 1 at steps 2, 4, 5 -> 3 / 1
+    assert _val(m, "sequence_agreement_compressed") == 1.0  # 0-1-0-1 -> 0-1
+    assert _val(m, "sequence_agreement_backtrack") == 1.0  # 0-1-0 pops to 0, then 0-1
+    # compressed counts: a: 0,0,1,1,2,2,1,... (0-1, 0-1-0, drop) b: 0,0,0,1,...; |diff| = 1 at steps
+    # 2, 4, 5 -> 3 / 1; backtrack counts: a: 0,0,1,1,0,0,1,...: |diff| = 1 at steps 2, 4, 5 as well
     assert _val(m, "changepoint_error_compressed") == 3.0
+    assert _val(m, "changepoint_error_backtrack") == 3.0
     assert math.isnan(_val(m, "changepoint_error"))
     assert _val(m, "oscillations_a") == 2 and _val(m, "oscillations_b") == 0
     assert _val(m, "oscillating_fraction_a") == 1.0 and _val(m, "oscillating_fraction_b") == 0.0
     assert _val(m, "changes_a") == 3 and _val(m, "changes_b") == 1
 
 
-def test_aba_vs_a_compressed_agree():
+def test_aba_vs_a_agree_only_under_backtrack():
     a = _seq({2: 3, 5: 0}, 0, 8)  # 0-3-0
     b = [0] * 8
     m = _track([a], [b]).compute()
     assert _val(m, "sequence_agreement") == 0.0
-    assert _val(m, "sequence_agreement_compressed") == 1.0
-    assert math.isnan(_val(m, "changepoint_error_compressed"))  # no compressed change points
+    assert _val(m, "sequence_agreement_compressed") == 0.0  # the authors' rule keeps a-b-a
+    assert math.isnan(_val(m, "changepoint_error_compressed"))  # no agreeing weight
+    assert _val(m, "sequence_agreement_backtrack") == 1.0  # a return undoes the change: 0-3-0 -> 0
+    assert math.isnan(_val(m, "changepoint_error_backtrack"))  # agrees, but no change points left
     assert _val(m, "oscillations_a") == 1
 
 
-def test_cancellations_do_not_chain():
-    # 0-1-2-1-0 compresses to 0-1-0 (the 2-1 pop cannot be followed by a second pop)
+def test_backtrack_undos_do_not_chain():
+    # backtrack: 0-1-2-1-0 -> 0-1-0 (the 2-1 pop cannot be followed by a second pop)
     a = [0, 1, 2, 1, 0]
-    b = [0, 1, 1, 1, 0]  # 0-1-0: exact sequence 0-1-0
+    b = [0, 1, 1, 1, 0]  # 0-1-0: backtrack 0
     c = [0, 0, 0, 0, 0]  # 0
     m = _track([a, a], [b, c]).compute()
     assert _val(m, "sequence_agreement") == 0.0
-    assert _val(m, "sequence_agreement_compressed") == 0.0  # 0-1-0 (a) vs 0 (b pops) and vs 0
+    assert _val(m, "sequence_agreement_backtrack") == 0.0  # 0-1-0 (a) vs 0 (b pops) and vs 0
+    assert _val(m, "sequence_agreement_compressed") == 0.0  # no x-y-x-y: 0-1-2-1-0 vs 0-1-0 and vs 0
     d = [0, 1, 2, 2, 2]  # 0-1-2
-    e = [0, 1, 2, 1, 2]  # 0-1-2-1-2 -> 0-1-2 (pop then append)
+    e = [0, 1, 2, 1, 2]  # 0-1-2-1-2 -> 0-1-2 (backtrack: pop then append; compressed: 1-2-1-2 -> 1-2)
     m = _track([d], [e]).compute()
+    assert _val(m, "sequence_agreement_backtrack") == 1.0
     assert _val(m, "sequence_agreement_compressed") == 1.0
     assert _val(m, "oscillations_b") == 2
+
+
+# (exact sequence of run a, of run b, agree under the authors' rule, agree under backtrack); one level per
+# step. Letters: a=0, b=1, c=2.
+_RULE_CASES = [
+    ([0, 1, 0, 1], [0, 1], True, True),                    # a-b-a-b vs a-b
+    ([0, 1, 0], [0], False, True),                         # a-b-a stays; backtrack pops it to a
+    ([0, 1, 0, 1, 0, 1], [0, 1], True, True),              # two rewrites: a-b-a-b-a-b -> a-b-a-b -> a-b
+    ([0, 1, 0, 1, 0], [0, 1, 0], True, True),              # a-b-a-b-a -> a-b-a (backtrack: both a)
+    ([0, 1, 0, 1, 0], [0], False, True),
+    ([0, 1, 0, 1, 2, 1, 2], [0, 1, 2], True, True),        # the rewrites overlap (one pass leaves a-b-c-b-c)
+    ([0, 1, 0, 2, 0, 2], [0, 2], False, True),             # a-c-a-c -> a-c leaves a-b-a-c; backtrack: a-c
+    ([0, 1, 0, 2, 0, 2], [0, 1, 0, 2], True, True),
+    ([0, 1, 2, 0, 1, 2], [0, 1, 2], False, False),         # a period-3 cycle: nothing to collapse
+    ([2, 0, 1, 0, 1, 2, 0, 2], [2, 0, 1, 2, 0, 2], True, True),  # a drop, then appends (c-a-b-c-a-c)
+    ([0, 1, 2, 1, 0, 1], [0, 1, 2, 1, 0, 1], True, True),  # identical
+    ([0, 1, 2, 1, 2, 1, 0], [0, 1, 2, 1, 0], True, True),  # b-c-b-c-b -> b-c-b (backtrack: a-b-a both)
+    ([0, 1, 2, 1], [0, 1], False, True),                   # a-b-c-b stays; backtrack pops c
+]
+
+
+def _agree_one(seq_a, seq_b):
+    T = max(len(seq_a), len(seq_b))
+    pad = lambda s: s + [s[-1]] * (T - len(s))
+    m = _track([pad(seq_a)], [pad(seq_b)]).compute()
+    return _val(m, "sequence_agreement_compressed") == 1.0, _val(m, "sequence_agreement_backtrack") == 1.0
+
+
+@pytest.mark.parametrize("case", range(len(_RULE_CASES)))
+def test_compressed_and_backtrack_hand_cases(case):
+    a, b, compressed, backtrack = _RULE_CASES[case]
+    assert (_rewrite_squares(a) == _rewrite_squares(b)) == compressed  # the definition
+    assert (_backtrack(a) == _backtrack(b)) == backtrack
+    assert _agree_one(a, b) == (compressed, backtrack)
+    assert _agree_one(b, a) == (compressed, backtrack)
 
 
 def test_oscillation_counts():
@@ -293,11 +379,13 @@ def test_hash_no_overflow_long_sequence():
 
 
 def _reference(A, B, steps):
-    """Pure-Python metrics from full per-weight histories (lists of levels at each step)."""
+    """Pure-Python metrics from full per-weight histories (lists of levels at each step). The compressed
+    sequence is the authors' rewriting of the exact one (``_rewrite_squares``, not its streaming form), the
+    backtrack one ``_backtrack``; each rule's counting function is the length of its reduced prefix minus 1."""
 
     def analyse(hist):
         exact, change_steps, osc = [hist[0]], [], 0
-        comp, can_pop, ccounts = [hist[0]], False, [0]
+        counts = {"compressed": [0], "backtrack": [0]}
         for t in range(1, len(hist)):
             new = hist[t]
             if new != exact[-1]:
@@ -305,24 +393,20 @@ def _reference(A, B, steps):
                     osc += 1
                 exact.append(new)
                 change_steps.append(steps[t])
-                if can_pop and len(comp) >= 2 and new == comp[-2]:
-                    comp.pop()
-                    can_pop = False
-                else:
-                    comp.append(new)
-                    can_pop = True
-            ccounts.append(len(comp) - 1)
-        return exact, change_steps, osc, comp, ccounts
+            counts["compressed"].append(len(_rewrite_squares(exact)) - 1)
+            counts["backtrack"].append(len(_backtrack(exact)) - 1)
+        reduced = {"compressed": _rewrite_squares(exact), "backtrack": _backtrack(exact)}
+        return exact, change_steps, osc, reduced, counts
 
     n = len(A)
-    agree = cagree = 0
-    err_num = err_den = cerr_num = cerr_den = 0
+    ra, rb = [analyse(h) for h in A], [analyse(h) for h in B]
+    agree = err_num = err_den = 0
+    rules = ("compressed", "backtrack")
+    ragree, rerr_num, rerr_den = dict.fromkeys(rules, 0), dict.fromkeys(rules, 0), dict.fromkeys(rules, 0)
     ch = {"a": 0, "b": 0}
     oscs = {"a": 0, "b": 0}
     oscw = {"a": 0, "b": 0}
-    for i in range(n):
-        ea, ta, oa, ca, cca = analyse(A[i])
-        eb, tb, ob, cb, ccb = analyse(B[i])
+    for (ea, ta, oa, ca, cca), (eb, tb, ob, cb, ccb) in zip(ra, rb):
         ch["a"] += len(ta)
         ch["b"] += len(tb)
         oscs["a"] += oa
@@ -333,28 +417,28 @@ def _reference(A, B, steps):
             agree += 1
             err_num += sum(abs(x - y) for x, y in zip(ta, tb))  # matched change points directly
             err_den += len(ta)
-        if ca == cb:
-            cagree += 1
-            # area between the compressed counting functions (constant on [steps[t], steps[t+1]))
-            cerr_num += sum(abs(cca[t] - ccb[t]) * (steps[t + 1] - steps[t]) for t in range(len(steps) - 1))
-            cerr_den += len(ca) - 1
+        for r in rules:
+            if ca[r] == cb[r]:
+                ragree[r] += 1
+                # area between the rule's counting functions (constant on [steps[t], steps[t+1]))
+                rerr_num[r] += sum(abs(cca[r][t] - ccb[r][t]) * (steps[t + 1] - steps[t])
+                                   for t in range(len(steps) - 1))
+                rerr_den[r] += len(ca[r]) - 1
     nan = float("nan")
-    mv = [i for i in range(n) if analyse(A[i])[1] or analyse(B[i])[1]]  # changed level at least once
+    mv = [i for i in range(n) if ra[i][1] or rb[i][1]]  # changed level at least once
     frac = lambda cond, over: sum(1 for i in over if cond(i)) / len(over) if over else nan
     mover = {
         "mover_fraction": len(mv) / n,
         "mover_agreement": frac(lambda i: A[i][-1] == B[i][-1], mv),
-        "mover_sequence_agreement": frac(lambda i: analyse(A[i])[0] == analyse(B[i])[0], mv),
+        "mover_sequence_agreement": frac(lambda i: ra[i][0] == rb[i][0], mv),
         "quantized_agreement_untrained": frac(lambda i: A[i][-1] == A[i][0], range(n)),
         "mover_agreement_untrained": frac(lambda i: A[i][-1] == A[i][0], mv),
-        "sequence_agreement_untrained": frac(lambda i: not analyse(A[i])[1], range(n)),
-        "mover_sequence_agreement_untrained": frac(lambda i: not analyse(A[i])[1], mv),
+        "sequence_agreement_untrained": frac(lambda i: not ra[i][1], range(n)),
+        "mover_sequence_agreement_untrained": frac(lambda i: not ra[i][1], mv),
     }
-    return mover | {
+    out = mover | {
         "sequence_agreement": agree / n,
-        "sequence_agreement_compressed": cagree / n,
         "changepoint_error": err_num / err_den if err_den else nan,
-        "changepoint_error_compressed": cerr_num / cerr_den if cerr_den else nan,
         "changes_a": ch["a"],
         "changes_b": ch["b"],
         "oscillations_a": oscs["a"],
@@ -362,6 +446,10 @@ def _reference(A, B, steps):
         "oscillating_fraction_a": oscw["a"] / n,
         "oscillating_fraction_b": oscw["b"] / n,
     }
+    for r in rules:
+        out[f"sequence_agreement_{r}"] = ragree[r] / n
+        out[f"changepoint_error_{r}"] = rerr_num[r] / rerr_den[r] if rerr_den[r] else nan
+    return out
 
 
 def _random_case(seed, n=50, T=40, n_levels=4):
@@ -421,10 +509,13 @@ def test_matches_brute_force_reference(seed, sparse):
     m = _track(A, B, steps=steps, sparse=sparse).compute()
     ref = _reference(A, B, steps)
     _assert_matches(m, ref)
-    # sanity: the random cases exercise agreement, disagreement and oscillation
+    # sanity: the random cases exercise agreement, disagreement and oscillation, and the rules differ
     if seed == 0:
         assert 0 < ref["sequence_agreement"] < ref["sequence_agreement_compressed"] < 1
+        assert 0 < ref["sequence_agreement"] < ref["sequence_agreement_backtrack"] < 1
         assert ref["oscillations_a"] > 0
+    if seed == 1:
+        assert ref["sequence_agreement_compressed"] != ref["sequence_agreement_backtrack"]  # 0.46 vs 0.48
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
@@ -433,6 +524,64 @@ def test_brute_force_small_cases_with_tiny_level_set(sparse):
     for seed in range(5):
         A, B, steps = _random_case(100 + seed, n=30, T=25, n_levels=2)
         _assert_matches(_track(A, B, steps=steps, sparse=sparse).compute(), _reference(A, B, steps))
+
+
+def _random_exact(rng, n_levels, length):
+    """A random exact sequence (no level twice in a row), biased towards returns to the level before."""
+    s = [rng.randrange(n_levels)]
+    while len(s) < length:
+        c = s[-2] if len(s) >= 2 and rng.random() < 0.5 else rng.randrange(n_levels)
+        if c != s[-1]:
+            s.append(c)
+    return s
+
+
+def test_streaming_compressed_equals_rewriting_to_fixed_point():
+    rng = random.Random(5)
+    for _ in range(3000):
+        s = _random_exact(rng, rng.choice([2, 3, 4]), rng.randrange(1, 30))
+        reduced = _rewrite_squares(s)
+        assert _compress_stream(s) == reduced, s
+        assert _rewrite_squares(s, rng) == reduced, s  # any order of rewrites: the same fixed point
+        assert _rewrite_squares(reduced) == reduced  # no x-y-x-y left
+        # the streaming form never drops twice in a row, so it needs no level before S[-3]
+        st, last_drop = [s[0]], False
+        for c in s[1:]:
+            drop = len(st) >= 3 and st[-1] == st[-3] and c == st[-2]
+            assert not (drop and last_drop), s
+            st = st[:-1] if drop else st + [c]
+            last_drop = drop
+
+
+def test_backtrack_never_separates_what_compressed_joins():
+    # Backtrack is unchanged by an x-y-x-y -> x-y rewrite, so equal compressed sequences have equal
+    # backtrack ones: sequence_agreement <= _compressed <= _backtrack, weight by weight.
+    rng = random.Random(6)
+    for _ in range(3000):
+        s = _random_exact(rng, rng.choice([2, 3, 4]), rng.randrange(1, 30))
+        assert _backtrack(s) == _backtrack(_rewrite_squares(s)), s
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_tracker_hashes_are_those_of_the_reduced_sequences(sparse):
+    # state, not just figures: each rule's count and both hashes equal the polynomial hash of the reduced
+    # sequence (so a drop or a pop really undoes the hash of the last element)
+    from qatrun.metrics.changepoints import _BASES, _PRIMES
+
+    rng = random.Random(8)
+    seqs = [_random_exact(rng, rng.choice([2, 3, 5]), rng.randrange(1, 25)) for _ in range(300)]
+    T = max(map(len, seqs))
+    hist = [s + [s[-1]] * (T - len(s)) for s in seqs]
+    st = _track(hist, hist, sparse=sparse).state
+    for i, s in enumerate(seqs):
+        for rule, count, hsh in (("compressed", "ccount", "chash"), ("backtrack", "bcount", "bhash")):
+            red = _rewrite_squares(s) if rule == "compressed" else _backtrack(s)
+            assert st[f"a.{count}"][i].item() == len(red) - 1, (rule, s)
+            for j, (prime, base) in enumerate(zip(_PRIMES, _BASES)):
+                h = 0
+                for level in red:
+                    h = (h * base + level + 1) % prime
+                assert st[f"a.{hsh}"][j, i].item() == h, (rule, s)
 
 
 def test_dense_and_sparse_states_identical():
@@ -482,6 +631,14 @@ def test_state_dict_round_trip_mid_sequence(sparse):
             assert torch.equal(tr_.state_dict()[k], v), k
 
 
+def test_load_state_dict_rejects_a_state_from_before_the_authors_rule():
+    z = torch.zeros(4, dtype=torch.long)
+    sd = ChangePointTracker([z], [z]).state_dict()
+    sd["a.chash_before"] = sd["b.chash_before"] = sd["a.chash"]  # what marks the old backtrack-as-compressed state
+    with pytest.raises(ValueError, match="before the compressed rule"):
+        ChangePointTracker([z], [z]).load_state_dict(sd)
+
+
 def test_load_state_dict_rejects_wrong_size():
     z = torch.zeros(4, dtype=torch.long)
     sd = ChangePointTracker([z], [z]).state_dict()
@@ -497,9 +654,9 @@ def test_state_dtypes_are_small():
     for k, v in tr.state.items():
         if v.dim() == 0:
             continue
-        assert v.dtype in (torch.int16, torch.int32, torch.bool) or k in ("dist", "cdist"), k
+        assert v.dtype in (torch.int16, torch.int32, torch.bool) or k in ("dist", "bdist", "cdist"), k
         per_weight += v.element_size() * v.numel() // 10
-    assert per_weight == 94  # the README and the docstring state 94 bytes per weight
+    assert per_weight == 118  # docs/metrics.md and the docstring state 118 bytes per weight
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,4 +733,59 @@ def test_with_grid_level_index():
     n = sum(math.prod(s) for s in shapes)
     assert tr.numel == n
     assert 0.5 < out["sequence_agreement"].item() <= out["sequence_agreement_compressed"].item() <= 1.0
+    assert out["sequence_agreement_compressed"].item() <= out["sequence_agreement_backtrack"].item() <= 1.0
     assert out["changes_a"].item() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# summaries written before the authors' compressed rule (issue #21)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_upgrade_summary_moves_old_compressed_figures_to_backtrack():
+    from qatrun.metricnames import upgrade_summary
+
+    old = {"steps": 100, "pair/sequence_agreement": 0.99, "pair/sequence_agreement_compressed": 0.995,
+           "pair/changepoint_error": 0.8, "pair/changepoint_error_compressed": 1.9,
+           "pair/sequence_agreement_compressed_untrained": 0.9, "pair/sequence_agreement_untrained": 0.95,
+           "history": {"step": [0]}}
+    frozen = dict(old)
+    new = upgrade_summary(old)
+    assert old == frozen  # a copy
+    assert new == {"steps": 100, "pair/sequence_agreement": 0.99, "pair/sequence_agreement_backtrack": 0.995,
+                   "pair/changepoint_error": 0.8, "pair/changepoint_error_backtrack": 1.9,
+                   "pair/sequence_agreement_backtrack_untrained": 0.9, "pair/sequence_agreement_untrained": 0.95,
+                   "history": {"step": [0]}}
+    assert list(new)[2] == "pair/sequence_agreement_backtrack"  # in place: key order kept
+    # already upgraded, or written by today's tracker: unchanged; and upgrading twice changes nothing
+    assert upgrade_summary(new) == new
+    today = {"pair/sequence_agreement_compressed": 0.97, "pair/sequence_agreement_backtrack": 0.98,
+             "pair/changepoint_error_compressed": 1.0, "pair/changepoint_error_backtrack": 2.0}
+    assert upgrade_summary(today) == today
+    assert upgrade_summary({"steps": 5, "estimator": "ste"}) == {"steps": 5, "estimator": "ste"}  # no tracker
+
+
+def test_upgrade_summary_on_a_committed_summary():
+    import json
+    from pathlib import Path
+
+    from qatrun.metricnames import upgrade_summary
+
+    root = Path(__file__).resolve().parents[1] / "results" / "mnist" / "runs"
+    s = None
+    for path in sorted(root.glob("**/summary.json")):  # the first written before issue #21
+        try:
+            s = json.loads(path.read_text())
+        except ValueError:  # being written by a run in progress
+            continue
+        if "pair/sequence_agreement_backtrack" not in s:
+            break
+    else:
+        pytest.skip("no summary written before issue #21")
+    assert "pair/sequence_agreement_compressed" in s and "pair/changepoint_error_compressed" in s
+    u = upgrade_summary(s)
+    assert u["pair/sequence_agreement_backtrack"] == s["pair/sequence_agreement_compressed"]
+    assert u["pair/changepoint_error_backtrack"] == s["pair/changepoint_error_compressed"]
+    assert not any("_compressed" in k for k in u)
+    rest = lambda d, part: {k: v for k, v in d.items() if part not in k}
+    assert rest(u, "_backtrack") == rest(s, "_compressed")

@@ -12,11 +12,16 @@ from qatrun import report
 from qatrun.files import jsonable
 from qatrun.report.figures import fig_alignment, fig_movement, load_weights
 from qatrun.report.runs import load_run, make_labels, stats
+from qatrun.report.cli import slug
 from qatrun.report.tables import COLUMNS, cell
 
 LRS = [0.001, 0.003, 0.01, 0.03, 0.1]
 FACTORS = {0: 0.9, 1: 1.1}  # per-seed multiplicative noise; the seed mean is the exact power law
 FIGS = ["curves", "agreement", "alignment_scatter", "movement_scatter"]
+# What each kind of test run compared, as the report's rows and titles name it (qatrun.report.runs.pair_words)
+SGD = "tanh(k=5.5) vs STE, 2 bits, warped twin; sgd (warp rule)"
+ADAM = "tanh(k=5.5) vs STE, 2 bits, plain twin; adam (identity rule)"
+NONE = "tanh(k=5.5) vs no twin, 2 bits; sgd (warp rule)"
 THRESHOLDS = [-2 / 3, 0.0, 2 / 3]  # 2 bits, he_uniform: rounding thresholds in units of m
 
 
@@ -114,20 +119,20 @@ def test_pair_figures_exist(tree):
     for seed in FACTORS:
         for name in FIGS:
             for ext in ("png", "pdf"):
-                p = pairs / f"sgd_auto_lr=0.01_seed={seed}" / f"{name}.{ext}"
+                p = pairs / slug(f"{SGD}, lr=0.01 seed={seed}") / f"{name}.{ext}"
                 assert p.exists() and p.stat().st_size > 0, p
     # no weight sample: only the curve figures; twin=none: nothing, but noted
-    assert sorted(p.name for p in (pairs / "adam_ste_lr=0.001_seed=0").iterdir()) == [
+    assert sorted(p.name for p in (pairs / slug(f"{ADAM}, lr=0.001 seed=0")).iterdir()) == [
         "agreement.pdf", "agreement.png", "curves.pdf", "curves.png"]
-    assert not (pairs / "sgd_none_lr=0.03_seed=0").exists()
+    assert not (pairs / slug(f"{NONE}, lr=0.03 seed=0")).exists()
     notes = json.loads((out / "summary.json").read_text())["notes"]
-    assert any("sgd none" in n and "skipped" in n for n in notes)
+    assert any(NONE in n and "skipped" in n for n in notes)
     assert any("weights_sample.pt" in n for n in notes)
     assert any("cannot read weights_sample.pt" in n for n in notes)  # corrupt file: noted, no crash
     # the old-format sample (seed 1) still gets its scatters (checked above), with a note; seed 0's does not
     old = [n for n in notes if "predates saved levels" in n]
     assert len(old) == 1 and "seed=1" in old[0] and "thresholds not drawn" in old[0]
-    assert (pairs / "sgd_auto_lr=0.3_seed=0" / "curves.png").exists()
+    assert (pairs / slug(f"{SGD}, lr=0.3 seed=0") / "curves.png").exists()
     assert any("without summary.json" in n for n in notes)
     assert any("lr_law figure skipped" in n for n in notes)  # no family with 3 lrs here
     assert json.loads((out / "lr_law.json").read_text()) == {}
@@ -146,8 +151,8 @@ def test_table(tree):
     for r in lines[lines.index(header) + 2:]:
         cells = [c.strip() for c in r.strip("|").split("|")]
         rows[cells[0]] = dict(zip(heads, cells))
-    assert sorted(rows) == ["adam ste lr=0.001", "sgd auto lr=0.01", "sgd auto lr=0.3", "sgd none lr=0.03"]
-    row = rows["sgd auto lr=0.01"]
+    assert sorted(rows) == sorted([f"{ADAM}, lr=0.001", f"{SGD}, lr=0.01", f"{SGD}, lr=0.3", f"{NONE}, lr=0.03"])
+    row = rows[f"{SGD}, lr=0.01"]
     assert row["n seeds"] == "2"
     assert row["Est. accuracy"] == "0.9100 ± 0.0141"  # 0.90, 0.92: sample std 0.01414
     ae = [2 * 0.01**0.5 * f for f in FACTORS.values()]
@@ -156,10 +161,10 @@ def test_table(tree):
     assert row["Mover agreement"] == "0.9800 ± 0.0028"  # 1 - 20 * 0.001 * f for f = 0.9, 1.1: std 0.02 * 0.1414
     assert row["Mover agr., untrained twin"] == "0.1000 ± 0.0000" and row["Movers"] == "0.0500 ± 0.0000"
     assert "Sequence agreement (compressed)" not in row  # kept in summary.json only (README)
-    adam = rows["adam ste lr=0.001"]
+    adam = rows[f"{ADAM}, lr=0.001"]
     assert adam["n seeds"] == "1" and adam["Quantized agreement"] == "0.9800"
     assert adam["Alignment error through M"] == "—" and adam["Alignment error, identity"] == "—"  # NaN
-    none = rows["sgd none lr=0.03"]
+    none = rows[f"{NONE}, lr=0.03"]
     assert none["Quantized agreement"] == "—" and none["Est. accuracy"] == "0.9000"
 
 
@@ -170,7 +175,7 @@ def test_csv_and_summary(tree):
     assert csv_lines[0].startswith("comparison,n_seeds,pair/mover_fraction_mean,pair/mover_fraction_std")
     assert len(csv_lines) == 1 + 4
     summ = json.loads((out / "summary.json").read_text())
-    comp = next(c for c in summ["comparisons"] if c["label"] == "sgd auto lr=0.01")
+    comp = next(c for c in summ["comparisons"] if c["label"] == f"{SGD}, lr=0.01")
     assert comp["seeds"] == [0, 1] and comp["n_seeds"] == 2
     assert comp["metrics"]["pair/quantized_agreement"]["mean"] == pytest.approx(1 - 0.1 * 0.01)
     assert comp["metrics"]["pair/alignment_error"]["min"] == pytest.approx(2 * 0.01**0.5 * 0.9)
@@ -258,7 +263,7 @@ def test_schema_drift_does_not_split_groups(tmp_path):
             (tmp_path / "runs" / str(i) / "summary.json").write_text(json.dumps(s))
     res = report.report([tmp_path / "runs"], tmp_path / "out", formats=["png"], pair_figs=False)
     assert list(res["lr_law"]) == ["SGD, STE twin from M(w0) at lr x alpha"]
-    assert [c["label"] for c in res["comparisons"]] == ["sgd auto lr=0.01", "sgd auto lr=0.02", "sgd auto lr=0.04"]
+    assert [c["label"] for c in res["comparisons"]] == [f"{SGD}, lr={lr}" for lr in (0.01, 0.02, 0.04)]
 
 
 def threshold_lines(ax):
@@ -335,11 +340,11 @@ def test_old_weight_sample_without_levels(tmp_path):
         assert len(ax.collections) == 1 and len(ax.collections[0].get_offsets()) == len(w["est"])
     plt.close(fig)
     res = report.report([tmp_path / "runs"], tmp_path / "out", formats=["png"])
-    assert list(res["pairs"]) == ["sgd_auto_seed=0"]
+    assert list(res["pairs"]) == [slug(f"{SGD}, lr=0.01 seed=0")]
     for name in FIGS:
-        assert (tmp_path / "out" / "pairs" / "sgd_auto_seed=0" / f"{name}.png").stat().st_size > 0
+        assert (tmp_path / "out" / "pairs" / slug(f"{SGD}, lr=0.01 seed=0") / f"{name}.png").stat().st_size > 0
     assert [n for n in res["notes"] if "weights_sample.pt" in n] == [
-        "sgd auto seed=0: weights_sample.pt predates saved levels; thresholds not drawn"]
+        f"{SGD}, lr=0.01 seed=0: weights_sample.pt predates saved levels; thresholds not drawn"]
     # a sample missing one of the keys every sample has stays unusable
     torch.save({k: torch.as_tensor(v) for k, v in w.items() if k != "est_mapped"}, tmp_path / "old.pt")
     assert load_weights(tmp_path / "old.pt") is None

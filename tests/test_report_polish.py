@@ -31,9 +31,11 @@ def runs(tmp_path_factory):
 
 
 def test_titles_name_the_estimator_and_the_twin(runs):
-    assert title(load_run(runs / "sgd0"), "X").startswith("X: tanh estimator (2 bits, α = 0.61) vs STE twin from M(w0), lr × 0.61")
+    t = title(load_run(runs / "sgd0"), "X")
+    assert t.startswith("X: tanh(k=5.5) estimator (2 bits, α = 0.61) vs STE twin from M(w0), lr × 0.61")
+    assert "SGD (warp rule) at lr" in t and "warped twin" in t and "not the predicted" not in t
     t = title(load_run(runs / "adam"), "X")
-    assert "tanh estimator" in t and "STE twin from w0, lr × 1" in t and "Adam at lr 0.001" in t
+    assert "tanh(k=5.5) estimator" in t and "STE twin from w0, lr × 1" in t and "Adam (identity rule) at lr 0.001" in t
 
 
 def test_scatters_explain_w_over_m_and_count_clipped_outliers(runs):
@@ -74,15 +76,15 @@ def test_tex_table_and_no_std_for_one_seed(runs, tmp_path):
     assert tex[1].startswith(r"\begin{tabular}{l") and {r"\toprule", r"\midrule", r"\bottomrule"} <= set(tex)
     rows = [line for line in tex if line.endswith(r"\\") and not line.startswith("Comparison")]
     assert len(rows) == 2
-    sgd = next(r for r in rows if r.startswith("sgd"))
-    adam = next(r for r in rows if r.startswith("adam"))
+    sgd = next(r for r in rows if "; sgd (warp rule)" in r)
+    adam = next(r for r in rows if "; adam (identity rule)" in r)
     assert r"0.9100 $\pm$ 0.0141" in sgd and r"$\pm$" not in adam
     with open(tmp_path / "table.csv") as f:
-        table = {r["comparison"].split(" lr=")[0]: r for r in csv.DictReader(f)}
-    assert table["adam ste"]["est/test_acc_std"] == "" and table["adam ste"]["est/test_acc_mean"] == "0.9"
-    assert float(table["sgd auto"]["est/test_acc_std"]) == pytest.approx(0.014142, rel=1e-4)
-    comp = {c["label"].split(" lr=")[0]: c for c in json.loads((tmp_path / "summary.json").read_text())["comparisons"]}
-    assert comp["adam ste"]["metrics"]["est/test_acc"]["std"] is None
+        table = {r["comparison"].split("; ")[1].split(" ")[0]: r for r in csv.DictReader(f)}
+    assert table["adam"]["est/test_acc_std"] == "" and table["adam"]["est/test_acc_mean"] == "0.9"
+    assert float(table["sgd"]["est/test_acc_std"]) == pytest.approx(0.014142, rel=1e-4)
+    comp = {c["label"].split("; ")[1].split(" ")[0]: c for c in json.loads((tmp_path / "summary.json").read_text())["comparisons"]}
+    assert comp["adam"]["metrics"]["est/test_acc"]["std"] is None
 
 
 def test_report_help_stands_on_its_own():

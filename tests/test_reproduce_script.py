@@ -6,6 +6,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "reproduce_mnist.sh"
 
@@ -32,7 +34,9 @@ def test_every_block_is_listed_and_every_listed_block_exists():
     text = SCRIPT.read_text()
     listed = re.search(r'all_blocks="([^"]+)"', text).group(1).split()
     defined = re.findall(r"^\s*block ([a-z0-9_]+) ", text, flags=re.M)
-    assert sorted(listed) == sorted(defined) and len(set(defined)) == len(defined)
+    groups = re.findall(r'^if \[\[ " \$BLOCKS " == \*" ([a-z0-9_]+) "\* \]\]', text, flags=re.M)  # several blocks
+    assert sorted(listed) == sorted(defined + [g for g in groups if g not in defined])
+    assert len(set(defined)) == len(defined) and groups == ["resnet18", "optimizers"]
     for needed in ("adam_jitter", "long", "lr_jitter", "lr_adam_jitter", "warp_lr", "sgd_nowarp"):
         assert needed in listed
 
@@ -60,3 +64,29 @@ def test_bad_mode(tmp_path):
     out = subprocess.run(["bash", str(SCRIPT), "everything"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "QATRUN": str(stub(tmp_path)), "OUT": str(tmp_path / "o")})
     assert out.returncode == 2 and "usage" in out.stderr
+
+
+def test_the_optimizer_atlas_runs_every_registered_optimizer_at_its_lr_and_3x(tmp_path):
+    from qatrun.optim import OPTIMIZERS
+
+    calls, stdout = run(tmp_path, "full", "optimizers")
+    by_block = {re.search(r"runs/([a-z0-9_]+)", c).group(1): c for c in calls}
+    for name in OPTIMIZERS.names():
+        lr = float(re.search(r"^lr: *([0-9.e+-]+)", (ROOT / "configs" / "optimizer" / f"{name}.yaml").read_text(),
+                             re.M).group(1))
+        other = "sgd_nowarp" if OPTIMIZERS.meta(name)["twin_rule"] == "warp" else "warped"
+        typical, tripled = by_block[f"opt_{name}"], by_block[f"opt_{name}_3x"]
+        for c, lr_, seeds in ((typical, lr, "0,1,2"), (tripled, 3 * lr, "0")):
+            assert f"optimizer={name} " in c and f"experiment=predicted,{other},jitter" in c
+            assert float(re.search(r"optimizer.lr=(\S+)", c).group(1)) == pytest.approx(lr_) and f"seed={seeds} " in c
+            assert "trainer.max_steps=40" in c and "compile=true" not in c  # the atlas's own size
+    assert "optimizer.nesterov=true" in by_block["opt_nesterov"] and "optimizer.momentum=0" in by_block["opt_sgd_m0"]
+    assert "optimizer.weight_decay=0.0005,0.05" in by_block["opt_sgd_l2"]
+    assert len(calls) == 2 * len(OPTIMIZERS.names()) + 5
+
+
+def test_the_resnet_block_runs_every_comparison_with_three_seeds(tmp_path):
+    calls, _ = run(tmp_path, "full", "resnet18")
+    main, adam_jitter = calls
+    assert "seed=0,1,2 experiment=sgd,warp_lr,sgd_nowarp,jitter,adam" in main and "model=resnet18" in main
+    assert "experiment=adam_jitter" in adam_jitter and "model=resnet18" in adam_jitter

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from qatrun.metricnames import HEADLINE
 from qatrun.sweep import progress
 from tests.conftest import TINY
 from tests.test_cli import refused, run_in
@@ -43,7 +44,7 @@ def test_a_failing_point_does_not_stop_the_sweep(tmp_path):
     assert "[sweep] job 1/2, elapsed" in out.stderr and "[sweep] job 2/2, elapsed" in out.stderr and " left: " in out.stderr
     assert "1 sweep point(s) failed" in out.stderr and "0_optimizer.lr=1e+30: the est run's loss became NaN" in out.stderr
     table = (tmp_path / "sweep" / "report" / "table.md").read_text()
-    assert table.count("\n| sgd") == 1 and table.splitlines()[-1] in out.stdout  # printed and written
+    assert table.count("\n| tanh(k=5.5) vs STE, 2 bits, warped twin; sgd (warp rule)") == 1 and table.splitlines()[-1] in out.stdout  # printed and written
     from qatrun.report.runs import find_runs
 
     assert [r.path for r in find_runs([tmp_path / "sweep"], [])] == [good]  # the report's summary is no run
@@ -68,7 +69,13 @@ def test_joblib_launcher_runs_points_in_parallel(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     seeds = [json.loads((tmp_path / "sweep" / f"{i}_seed={i}" / "summary.json").read_text())["seed"] for i in (0, 1)]
     assert seeds == [0, 1]
-    assert "| sgd auto |" in (tmp_path / "sweep" / "report" / "table.md").read_text()  # both seeds in one row
+    row = "| tanh(k=5.5) vs STE, 2 bits, warped twin; sgd (warp rule), lr=0.01 |"
+    assert row in (tmp_path / "sweep" / "report" / "table.md").read_text()  # both seeds in one row
+    from tests.test_pair_names import _experiment
+
+    (exp,) = _experiment(tmp_path / "sweep" / "hparams")  # the sweep's HParams: what differs first, checked
+    assert [h.name for h in exp.hparam_infos if h.differs] == ["seed"] and exp.metric_infos[0].name.tag == HEADLINE
+    assert not _experiment(tmp_path / "sweep" / "0_seed=0" / "tb")  # a run writes its session, not an experiment
 
 
 @pytest.mark.slow

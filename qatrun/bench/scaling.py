@@ -4,7 +4,7 @@ tracker's cost per step, its share of the pair step and its state in bytes per q
 
 The tracker's cost grows with the number of quantized weights (it is elementwise over them), the
 steps with the model's FLOPs and the batch; ``tracker ms per 1M weights`` carries the first over
-to another model, ``bytes/weight`` its memory (about 94 B per weight for the two runs together,
+to another model, ``bytes/weight`` its memory (about 118 B per weight for the two runs together,
 ``metrics.ChangePointTracker``).
 """
 

@@ -8,13 +8,14 @@ membership decided (qnet, approxsign, dsq_anneal, ewgs). See arXiv 2405.05171 an
     A = estimators.create("tanh", bits=2, k=5.5)
     B = estimators.create("custom", bits=2, shape="qatrun.shapes.cosine")
     w_twin = estimators.warp(w, m, A, B)      # Q(w_twin) == Q(w), bit for bit
+    estimators.warp(w, m, A, B, "periodic")   # M continued outside [-m, m] as the authors' code does
 """
 
-from qatrun.estimators.base import (ESTIMATORS, Estimator, NotInClassError, PeriodicEstimator, create, describe,
-                                    edges, names, register, warp)
+from qatrun.estimators.base import (ESTIMATORS, EXTENSIONS, Estimator, NotInClassError, PeriodicEstimator,
+                                    check_extension, create, describe, edges, names, register, warp)
 from qatrun.estimators.literature import EWGS, AnnealedDSQ, ApproxSign, QuantNet
 from qatrun.estimators.periodic import PWL, STE, TANH_DEFAULT_K, Custom, TanhDSQ, dsq_shape
 
-__all__ = ["ESTIMATORS", "Estimator", "NotInClassError", "PeriodicEstimator", "create", "describe", "edges", "names",
-           "register", "warp", "EWGS", "AnnealedDSQ", "ApproxSign", "QuantNet", "PWL", "STE", "TANH_DEFAULT_K",
-           "Custom", "TanhDSQ", "dsq_shape"]
+__all__ = ["ESTIMATORS", "EXTENSIONS", "Estimator", "NotInClassError", "PeriodicEstimator", "check_extension", "create",
+           "describe", "edges", "names", "register", "warp", "EWGS", "AnnealedDSQ", "ApproxSign", "QuantNet", "PWL", "STE",
+           "TANH_DEFAULT_K", "Custom", "TanhDSQ", "dsq_shape"]

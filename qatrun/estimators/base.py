@@ -17,7 +17,10 @@ position inside bin ``i`` and ``g(w) = shape(f)`` inside ``[-m, m]``, 0 outside.
 
     alpha = 1 / J,    M(w) = -m + Delta * (i + 1/2 + alpha * F(f))      (thresholds at f = 1/2)
 
-Outside ``[-m, m]`` M is extended by a shift, which keeps it monotone and ``Q(M(w)) = Q(w)``.
+Outside ``[-m, m]`` (where g = 0) M is extended one of two ways (``EXTENSIONS``):
+``shift``, qatrun's default, continues it with slope 1 from ``M(-m)`` and ``M(m)``; ``periodic``, the authors'
+remap, keeps the bin formula with the bin index ``i = floor((w + m) / Delta)`` unclamped, so that
+``M(w + k Delta) = M(w) + k Delta``. Both are monotone, keep ``Q(M(w)) = Q(w)`` and agree on ``[-m, m]``.
 Every map that lands in a weight dtype goes through ``Grid.same_level``, so ``Q(M(w)) == Q(w)``
 holds bit for bit, ties included. Pure torch: no I/O, no config.
 """
@@ -35,6 +38,16 @@ ESTIMATORS: Registry = Registry("estimator", supplied=("grid",))  # the grid com
 
 # A mapped clipping edge closer than this (in units of m) to -m or m keeps the plain range [-m, m].
 EDGE_TOL = 1e-9
+
+# How M continues outside [-m, m]: ``shift`` (slope 1 from the clipping edges, qatrun's default) or ``periodic``
+# (the bin formula with the bin index unclamped, as in the authors' code). docs/method.md, "Outside the range".
+EXTENSIONS = ("shift", "periodic")
+
+
+def check_extension(extension: str) -> str:
+    if extension not in EXTENSIONS:
+        raise ValueError(f"unknown mirror extension {extension!r}; valid: {', '.join(EXTENSIONS)}")
+    return extension
 
 
 def register(name: str):
@@ -124,8 +137,9 @@ class PeriodicEstimator(Estimator):
 
     ``clip = (lo, hi)`` (units of m, default (-1, 1)) is the range where g passes gradients. A twin
     warped from an estimator whose M moves the clipping edges (a shape not symmetric on its bin) gets
-    ``[M^{-1}(M_A(-m)), M^{-1}(M_A(m))]`` (``with_clip``); between ``[-m, m]`` and that range g equals
-    alpha, the value that keeps ``M' g = alpha`` where M is a shift.
+    ``[M^{-1}(M_A(-m)), M^{-1}(M_A(m))]`` (``with_clip``); between ``[-m, m]`` and that range g keeps
+    ``M' g = alpha`` for the extension of M the warp used: ``alpha`` where M is a shift, ``shape(f)`` (the bin
+    position unclamped) where it is periodic.
     """
 
     clip = (-1.0, 1.0)
@@ -156,16 +170,26 @@ class PeriodicEstimator(Estimator):
         g = torch.where(inside, self.shape(f), torch.zeros_like(f))
         if self.clip != (-1.0, 1.0):
             passes = (w >= self.clip[0] * m) & (w <= self.clip[1] * m)
-            g = torch.where(passes, torch.where(inside, g, torch.full_like(g, self._clip_alpha)), torch.zeros_like(g))
+            g = torch.where(passes, torch.where(inside, g, self._gap_grad(w, m, g)), torch.zeros_like(g))
         return g.to(w.dtype)
 
-    def with_clip(self, lo: float, hi: float) -> "PeriodicEstimator":
-        """A copy that passes gradients on ``[lo * m, hi * m]`` (the plain range when within EDGE_TOL of it).
-        alpha (g between ``[-m, m]`` and the clip) is computed here once, not in every backward."""
+    def _gap_grad(self, w, m, like):
+        """g between ``[-m, m]`` and the clip: ``M' g = alpha`` for the extension the warp used."""
+        if self._clip_extension == "shift":  # M' = 1
+            return torch.full_like(like, self._clip_alpha)
+        pos = (w.to(like.dtype) + m) / self.grid.delta(m)  # periodic: M' = alpha / shape(f), f unclamped
+        return self.reference().shape(pos - torch.floor(pos)).to(like.dtype)
+
+    def with_clip(self, lo: float, hi: float, extension: str = "shift") -> "PeriodicEstimator":
+        """A copy that passes gradients on ``[lo * m, hi * m]`` (the plain range when within EDGE_TOL of it),
+        with the edges carried by the map with ``extension`` (``EXTENSIONS``). alpha (g between ``[-m, m]`` and
+        the clip under ``shift``) is computed here once, not in every backward."""
+        check_extension(extension)
         out = copy.copy(self)
         out.clip = (-1.0, 1.0) if abs(lo + 1) < EDGE_TOL and abs(hi - 1) < EDGE_TOL else (float(lo), float(hi))
         if out.clip != (-1.0, 1.0):  # an estimator outside the class (qnet at 2+ bits) uses its stand-in's alpha
             out._clip_alpha = float(out.reference().alpha)
+            out._clip_extension = extension
         return out
 
     @property
@@ -174,26 +198,43 @@ class PeriodicEstimator(Estimator):
             self._refuse("learning-rate factor alpha")
         return 1.0 / self.bin_integral
 
-    def mirror64(self, w64: torch.Tensor, m) -> torch.Tensor:
-        """M in fp64 (no rounding to the weight dtype)."""
+    def _in_bin(self, i: torch.Tensor, f: torch.Tensor, m) -> torch.Tensor:
+        """``-m + Delta * (i + 1/2 + alpha * F(f))``: M at position ``f`` of bin ``i`` (fp64)."""
+        return -m + self.grid.delta(m) * (i + 0.5 + self.alpha * self.antiderivative(f))
+
+    def mirror64(self, w64: torch.Tensor, m, extension: str = "shift") -> torch.Tensor:
+        """M in fp64 (no rounding to the weight dtype), continued outside ``[-m, m]`` by ``extension``:
+        ``shift`` adds ``w - clip(w)`` to ``M(clip(w))``; ``periodic`` takes the bin index unclamped there."""
         if not self.in_class:
             self._refuse("mirror map M")
+        check_extension(extension)
         i, f = self._bin_coords(w64, m)
-        inner = -m + self.grid.delta(m) * (i + 0.5 + self.alpha * self.antiderivative(f))
-        return inner + (w64 - w64.clamp(-m, m))
+        inner = self._in_bin(i, f, m)
+        if extension == "shift":
+            return inner + (w64 - w64.clamp(-m, m))
+        pos = (w64 + m) / self.grid.delta(m)
+        j = torch.floor(pos)
+        return torch.where(w64.abs() <= m, inner, self._in_bin(j, pos - j, m))
 
-    def inverse64(self, y64: torch.Tensor, m, bisect: int = 8, newton: int = 12) -> torch.Tensor:
+    def inverse64(self, y64: torch.Tensor, m, extension: str = "shift", bisect: int = 8,
+                  newton: int = 12) -> torch.Tensor:
         """``M^{-1}`` in fp64: the mapped bin from ``y``, then ``F(f) = target`` solved inside it (F is
         increasing, ``F' = 1 / shape``): ``bisect`` halvings of [0, 1], then Newton steps kept inside the
-        bracket (clamped to it). Shift-extended outside ``[M(-m), M(m)]``."""
+        bracket (clamped to it). Outside ``[M(-m), M(m)]`` the inverse of ``extension``: ``shift`` solves at
+        the nearer end and adds the rest; ``periodic`` solves in the mapped bin with its index unclamped."""
         if not self.in_class:
             self._refuse("mirror map M")
+        check_extension(extension)
         ends = self.mirror64(torch.tensor([-m, m], dtype=torch.float64, device=y64.device), m)
-        yc = torch.minimum(torch.maximum(y64, ends[0]), ends[1])
         delta, alpha = self.grid.delta(m), self.alpha
         F0 = float(self.antiderivative(torch.zeros(1, dtype=torch.float64))[0])
+        yc = torch.minimum(torch.maximum(y64, ends[0]), ends[1]) if extension == "shift" else y64
         u = (yc + m) / delta
-        i = torch.floor(u - 0.5 - alpha * F0).clamp_(0, self.grid.n_bins - 1)
+        i = torch.floor(u - 0.5 - alpha * F0)
+        if extension == "shift":
+            i = i.clamp_(0, self.grid.n_bins - 1)
+        else:  # inside, the same (clamped) bins as shift; outside, the index unclamped
+            i = torch.where((y64 >= ends[0]) & (y64 <= ends[1]), i.clamp(0, self.grid.n_bins - 1), i)
         target = (u - i - 0.5) / alpha
         lo, hi = torch.zeros_like(u), torch.ones_like(u)
         for _ in range(bisect):
@@ -208,28 +249,32 @@ class PeriodicEstimator(Estimator):
             f = torch.minimum(torch.maximum(step, lo), hi)
         return -m + delta * (i + f) + (y64 - yc)
 
-    def mirror(self, w, m):
-        return warp(w, m, self, None)
+    def mirror(self, w, m, extension: str = "shift"):
+        return warp(w, m, self, None, extension)
 
 
-def warp(w: torch.Tensor, m, source: PeriodicEstimator, target: PeriodicEstimator | None) -> torch.Tensor:
-    """``M_target^{-1}(M_source(w))`` in ``w``'s dtype, with ``Q(result) == Q(w)`` bit for bit.
+def warp(w: torch.Tensor, m, source: PeriodicEstimator, target: PeriodicEstimator | None,
+         extension: str = "shift") -> torch.Tensor:
+    """``M_target^{-1}(M_source(w))`` in ``w``'s dtype, with ``Q(result) == Q(w)`` bit for bit; both maps
+    continued outside ``[-m, m]`` by ``extension`` (``EXTENSIONS``).
 
     ``target=None`` (or the STE) is the identity inverse, so ``warp(w, m, A, None) = M_A(w)``: the STE
     twin's init. Computed in fp64, rounded once, then held on ``w``'s level (``Grid.same_level``).
     """
     w = w.detach()
-    y = source.mirror64(w.to(torch.float64), m)
+    y = source.mirror64(w.to(torch.float64), m, extension)
     if target is not None and not target.is_identity:
-        y = target.inverse64(y, m)
+        y = target.inverse64(y, m, extension)
     return source.grid.same_level(y.to(w.dtype), w, m)
 
 
-def edges(source: PeriodicEstimator, target: PeriodicEstimator | None) -> tuple[float, float]:
-    """The clipping edges ``-m, m`` carried into the target's coordinates, in units of m (fp64)."""
-    y = source.mirror64(torch.tensor([-1.0, 1.0], dtype=torch.float64), 1.0)
+def edges(source: PeriodicEstimator, target: PeriodicEstimator | None,
+          extension: str = "shift") -> tuple[float, float]:
+    """The clipping edges ``-m, m`` carried into the target's coordinates, in units of m (fp64); the
+    extension matters only where the source's edge lands outside the target's ``[M(-m), M(m)]``."""
+    y = source.mirror64(torch.tensor([-1.0, 1.0], dtype=torch.float64), 1.0, extension)
     if target is not None and not target.is_identity:
-        y = target.inverse64(y, 1.0)
+        y = target.inverse64(y, 1.0, extension)
     return float(y[0]), float(y[1])
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from qatrun import checks
-from qatrun.estimators.base import PeriodicEstimator, register
+from qatrun.estimators.base import PeriodicEstimator, check_extension, register
 from qatrun.quant import Grid
 from qatrun.userimport import one_line, resolve, where
 
@@ -53,13 +53,16 @@ class STE(PeriodicEstimator):
     def alpha(self) -> float:
         return 1.0
 
-    def mirror64(self, w64, m):
+    def mirror64(self, w64, m, extension: str = "shift"):
+        check_extension(extension)  # the identity continues as itself either way
         return w64
 
-    def inverse64(self, y64, m, iters: int = 64):
+    def inverse64(self, y64, m, extension: str = "shift", iters: int = 64):
+        check_extension(extension)
         return y64
 
-    def mirror(self, w, m):
+    def mirror(self, w, m, extension: str = "shift"):
+        check_extension(extension)
         return w.detach().clone()
 
 

@@ -3,7 +3,9 @@
 * ``weights``: quantized agreement and alignment of the quantized weights (:class:`WeightComparer`);
 * ``function``: function agreement of the test-set logits (:class:`FunctionAgreement`) and the
   Pearson correlation of two curves (:func:`pearson`);
-* ``changepoints``: change-point sequences of every weight, online (:class:`ChangePointTracker`).
+* ``changepoints``: change-point sequences of every weight, online, exact and reduced by two rules (the
+  paper's compressed one, x-y-x-y -> x-y until none is left, and qatrun's backtrack one, x-y-x -> x)
+  (:class:`ChangePointTracker`).
 
 Pure torch: no I/O, no config, no host syncs inside ``update``/``accumulate``. Every ``compute()``
 returns ``name -> 0-dim tensor`` on the state's device; the caller decides when to move them.

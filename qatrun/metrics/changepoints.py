@@ -13,9 +13,17 @@ from qatrun.metrics.common import ratio
 # int32 and h * B + level + 1 < 2^62 + 2^15 fits in int64.
 _PRIMES = (2147483647, 2147483629)
 _BASES = (742938285, 1000000007)
-_NO_LEVEL = -1  # "no level before the previous change" (levels are >= 0)
+# Inverses of the bases mod P: a hash can drop its last element, h' = (h - (level + 1)) * B^-1 mod P, so
+# removing a change needs no stored copy of the hash before it.
+_INV_BASES = tuple(pow(b, -1, p) for b, p in zip(_BASES, _PRIMES))
+_NO_LEVEL = -1  # "no such level" (levels are >= 0)
+# Each rule's figures (suffix of the figure names) from its count, hash and error-integral state.
+_RULES = {"": ("count", "hash", "dist"), "_compressed": ("ccount", "chash", "cdist"),
+          "_backtrack": ("bcount", "bhash", "bdist")}
 _RUNS = ("a", "b")
-_PER_RUN = ("level", "prev", "count", "hash", "osc", "ccount", "chash", "chash_before", "can_undo")
+_PER_RUN = ("level", "prev", "count", "hash", "osc",  # exact sequence, oscillations
+            "bcount", "bhash", "can_undo",  # backtrack rule
+            "ccount", "chash", "clast2", "clast3")  # compressed (the authors') rule
 
 
 def _flat_levels(levels, check: bool = False) -> torch.Tensor:
@@ -37,11 +45,12 @@ class ChangePointTracker:
     shapes in both runs, values in ``[0, 32767)``, e.g. ``Grid.level_index``); then
     ``update(step, levels_a, levels_b)`` at strictly increasing steps (every step, or with gaps).
     All state lives on the device of ``init_levels_a``. ``sparse=False`` (the default off the
-    CPU) updates it with a fixed set of elementwise kernels over all weights (about 40 per run,
-    plus 8 for the error integral) and two scalar reductions: no host sync, no loop over weights.
-    Levels are not range-checked after construction (that would sync). ``sparse=True`` (the default on the CPU, where
-    a sync is free) steps only the weights whose level changed (``nonzero`` + gather/scatter),
-    which is much cheaper when few weights change per step; the results are identical.
+    CPU) updates it with a fixed set of elementwise kernels over all weights (about 70 per run,
+    plus 12 for the error integrals) and two scalar reductions: no host sync, no loop over
+    weights. Levels are not range-checked after construction (that would sync). ``sparse=True``
+    (the default on the CPU, where a sync is free) steps only the weights whose level changed
+    (``nonzero`` + gather/scatter), which is much cheaper when few weights change per step; the
+    results are identical.
 
     Definitions (a "change" is a new level seen at an update; a weight that moves and comes back
     between two updates shows no change, so with a stride the metrics are those of the subsampled
@@ -50,11 +59,23 @@ class ChangePointTracker:
     * **Exact sequence** of a weight: its initial level, then the new level at each change.
       ``sequence_agreement``: fraction of weights whose exact sequences are identical in both
       runs (same length, same levels).
-    * **Compressed sequence**: built online; a change that returns the weight to the level it
-      left at the last change that was appended cancels that change (pop instead of push), so
-      ``a-b-a-b -> a-b``, ``a-b-a -> a``. Cancellations do not chain: after a pop, the next change
-      is always appended (``a-b-c-b-a -> a-b-a``); after any append the next change may pop again.
+    * **Compressed sequence** (the paper's rule, as its authors compute it): the exact sequence
+      with every ``x-y-x-y`` rewritten to ``x-y``, repeatedly until none is left, so
+      ``a-b-a-b -> a-b``, ``a-b-a-b-a-b -> a-b``, ``a-b-a-b-a -> a-b-a``, but ``a-b-a`` stays.
+      The result does not depend on the order of the rewrites (every overlap of two ``x-y-x-y``
+      rewrites to the same word, and rewriting terminates), so it is built online: on a change to
+      ``c``, if the reduced sequence ``S`` has ``S[-1] == S[-3]`` and ``c == S[-2]`` (``S + c``
+      ends ``x-y-x-y``), drop ``S[-1]`` and do not append ``c``; otherwise append ``c``. A drop is
+      never followed by a drop (that needs ``S[-4] == S[-2]``, i.e. ``S`` ending ``y-x-y-x``,
+      which a reduced ``S`` does not), and ``S[-1]`` is always the current level, so two levels
+      per weight, ``S[-2]`` and ``S[-3]``, suffice: after a drop ``S[-3]`` is set to "none"
+      (``S[-4]`` is not kept) and the hash drops its last element by inverting the rolling hash.
       ``sequence_agreement_compressed``: fraction of weights with identical compressed sequences.
+    * **Backtrack sequence** (qatrun's earlier "compressed" rule, kept under its own name): a
+      change that returns the weight to the level it left at the last change that was appended
+      undoes that change (pop instead of push), so ``a-b-a -> a`` and ``a-b-a-b -> a-b``.
+      Undos do not chain: after a pop, the next change is always appended (``a-b-c-b-a -> a-b-a``);
+      after any append the next change may pop again. ``sequence_agreement_backtrack``.
     * **Change-point error** ``changepoint_error``: over weights whose exact sequences agree, the
       total over their matched change points ``k`` of ``|t_a(k) - t_b(k)|``, divided by their
       total number of changes (the same in both runs); NaN if there are no such change points.
@@ -62,12 +83,13 @@ class ChangePointTracker:
       count of changes so far; exact for monotone counting functions with equal final counts):
       each update adds ``|N_a - N_b| * (step - previous step)`` per weight before applying the
       new changes.
-    * ``changepoint_error_compressed``: the same with the compressed counts (length of the
-      compressed sequence minus 1), over weights whose compressed sequences agree, divided by
-      their compressed change count. Compressed counts go down on a pop, so this is the AREA
-      BETWEEN THE COMPRESSED COUNTING FUNCTIONS per compressed change, not a sum over matched
-      change points; it is also NaN when the denominator is 0 (e.g. all agreeing weights
-      collapsed back to their initial level), even if that area is positive.
+    * ``changepoint_error_compressed`` and ``changepoint_error_backtrack``: the same construction
+      with that rule's counts (length of its sequence minus 1), over weights whose sequences
+      under that rule agree, divided by their count under that rule. Both rules' counts go down
+      (on a drop, on a pop), so this is the AREA BETWEEN THE TWO COUNTING FUNCTIONS per remaining
+      change, not a sum over matched change points (which needs the step of each surviving change,
+      i.e. history); it is NaN when the denominator is 0 (e.g. every agreeing weight reduced to its
+      initial level), even if that area is positive.
     * **Oscillation**: a change back to the level held before the previous change (``x-y-x``);
       ``a-b-a-b`` has 2. ``oscillations_a/b``: totals; ``oscillating_fraction_a/b``: fraction of
       weights with at least one. ``changes_a/b``: total number of changes.
@@ -90,11 +112,13 @@ class ChangePointTracker:
     rigorous bound is (n/P1)(n/P2) for sequences of length n), i.e. negligible even for 25M weights.
 
     Memory per weight (the two runs together): 2 x (int16 level + int16 previous level + int32
-    count + 2 x int32 hash + bool oscillated + int32 compressed count + 2 x int32 compressed hash
-    + 2 x int32 compressed hash before the last append + bool pop available) = 2 x 38 B, plus
-    2 x int64 accumulated error (exact, compressed) + int16 initial level of run a = 94 bytes per weight (2.4 GB for ResNet-50's
-    25M weights). A dense ``update`` also holds, transiently, one run's new state (38 B/weight) and a
-    few int64 temporaries (up to 16 B/weight each).
+    count + 2 x int32 hash + bool oscillated = 17 B; backtrack: int32 count + 2 x int32 hash + bool
+    pop available = 13 B; compressed: int32 count + 2 x int32 hash + 2 x int16 ``S[-2]``, ``S[-3]``
+    = 16 B) = 2 x 46 B, plus 3 x int64 accumulated error (exact, backtrack, compressed) + int16
+    initial level of run a = 118 bytes per weight (3.0 GB for ResNet-50's 25M weights; 94 B before
+    the compressed rule was added, when the backtrack rule kept a copy of its hash instead of
+    inverting it). A dense ``update`` also holds, transiently, one run's new state (46 B/weight) and
+    a few int64 temporaries (up to 16 B/weight each).
 
     ``state_dict()`` holds plain CPU tensors only (including the last step), so a checkpoint
     restores the tracker exactly: ``load_state_dict`` into a tracker of the same size (copied to
@@ -115,6 +139,7 @@ class ChangePointTracker:
         dev = self.device
         self._P = torch.tensor(_PRIMES, dtype=torch.int64, device=dev).view(2, 1)
         self._B = torch.tensor(_BASES, dtype=torch.int64, device=dev).view(2, 1)
+        self._Binv = torch.tensor(_INV_BASES, dtype=torch.int64, device=dev).view(2, 1)
         self.state: dict[str, torch.Tensor] = {}
         for run, lev in zip(_RUNS, (la, lb)):
             n = lev.numel()
@@ -126,16 +151,19 @@ class ChangePointTracker:
                 "hash": h0,
                 "osc": torch.zeros(n, dtype=torch.bool, device=dev),
                 "osc_total": torch.zeros((), dtype=torch.int64, device=dev),
+                "bcount": torch.zeros(n, dtype=torch.int32, device=dev),
+                "bhash": h0.clone(),
+                "can_undo": torch.zeros(n, dtype=torch.bool, device=dev),
                 "ccount": torch.zeros(n, dtype=torch.int32, device=dev),
                 "chash": h0.clone(),
-                "chash_before": h0.clone(),
-                "can_undo": torch.zeros(n, dtype=torch.bool, device=dev),
+                "clast2": torch.full((n,), _NO_LEVEL, dtype=torch.int16, device=dev),  # S[-2]
+                "clast3": torch.full((n,), _NO_LEVEL, dtype=torch.int16, device=dev),  # S[-3]
             }
             for k, v in st.items():
                 self.state[f"{run}.{k}"] = v
         self.state["a.init"] = la.clone()  # for the untrained-twin baselines
-        self.state["dist"] = torch.zeros(self.numel, dtype=torch.int64, device=dev)
-        self.state["cdist"] = torch.zeros(self.numel, dtype=torch.int64, device=dev)
+        for k in ("dist", "bdist", "cdist"):  # exact, backtrack, compressed
+            self.state[k] = torch.zeros(self.numel, dtype=torch.int64, device=dev)
 
     # -- update -----------------------------------------------------------------------------
 
@@ -143,30 +171,44 @@ class ChangePointTracker:
         """(h * B + v) mod P for both hashes; h int32 [2, n], v int64 [n] (level + 1)."""
         return torch.remainder(h.to(torch.int64) * self._B + v, self._P).to(torch.int32)
 
+    def _drop_hash(self, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The hash without its last element ``v`` (level + 1): (h - v) * B^-1 mod P (< 2^62)."""
+        return torch.remainder(torch.remainder(h.to(torch.int64) - v, self._P) * self._Binv, self._P).to(torch.int32)
+
     def _step(self, st: dict[str, torch.Tensor], new: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One run's state after seeing levels ``new``: elementwise, on full or gathered tensors.
 
         ``st`` maps the per-weight keys (``level``, ``prev``, ...) to tensors whose last dim is
         the weights (all of them, or only the changed ones); returns the new values and the
-        number of oscillations added (0-dim).
+        number of oscillations added (0-dim). The last element of both reduced sequences is the
+        current level, so ``level + 1`` is what a drop or a pop takes off their hashes.
         """
         level, prev, can_undo = st["level"], st["prev"], st["can_undo"]
         changed = new != level
         osc = changed & (new == prev)  # back to the level held before the previous change
-        undo = osc & can_undo  # compressed: pop the last appended change
-        append = changed & ~undo
-        v = new.to(torch.int64) + 1
-        h, ch, chb = st["hash"], st["chash"], st["chash_before"]
+        v, v_last = new.to(torch.int64) + 1, level.to(torch.int64) + 1
+        # backtrack: pop the last appended change
+        undo = osc & can_undo
+        bappend = changed & ~undo
+        # compressed: S + new ends x-y-x-y -> drop S[-1], do not append
+        drop = changed & (level == st["clast3"]) & (new == st["clast2"])
+        cappend = changed & ~drop
+        h, bh, ch = st["hash"], st["bhash"], st["chash"]
         out = {
             "level": torch.where(changed, new, level),
             "prev": torch.where(changed, level, prev),
             "count": st["count"] + changed,
             "hash": torch.where(changed, self._append_hash(h, v), h),
             "osc": st["osc"] | osc,
-            "ccount": st["ccount"] + append - undo.to(torch.int32),
-            "chash": torch.where(undo, chb, torch.where(append, self._append_hash(ch, v), ch)),
-            "chash_before": torch.where(append, ch, chb),
-            "can_undo": (can_undo & ~changed) | append,
+            "bcount": st["bcount"] + bappend - undo.to(torch.int32),
+            "bhash": torch.where(undo, self._drop_hash(bh, v_last), torch.where(bappend, self._append_hash(bh, v), bh)),
+            "can_undo": (can_undo & ~changed) | bappend,
+            "ccount": st["ccount"] + cappend - drop.to(torch.int32),
+            "chash": torch.where(drop, self._drop_hash(ch, v_last), torch.where(cappend, self._append_hash(ch, v), ch)),
+            # append: S[-2], S[-3] <- S[-1], S[-2]; drop: S[-2] <- S[-3] (== S[-1], the old level), S[-3] <- none
+            # (S[-4] is not kept; it is never needed, since no drop follows a drop)
+            "clast2": torch.where(changed, level, st["clast2"]),
+            "clast3": torch.where(drop, _NO_LEVEL, torch.where(cappend, st["clast2"], st["clast3"])),
         }
         return out, osc.sum()
 
@@ -200,6 +242,7 @@ class ChangePointTracker:
         s = self.state
         # Counting functions are constant on [last_step, step): integrate |N_a - N_b| over it.
         s["dist"].add_((s["a.count"] - s["b.count"]).abs_().to(torch.int64), alpha=gap)
+        s["bdist"].add_((s["a.bcount"] - s["b.bcount"]).abs_().to(torch.int64), alpha=gap)
         s["cdist"].add_((s["a.ccount"] - s["b.ccount"]).abs_().to(torch.int64), alpha=gap)
         self._update_run("a", la)
         self._update_run("b", lb)
@@ -213,24 +256,19 @@ class ChangePointTracker:
         s = self.state
         n = torch.tensor(self.numel, dtype=torch.int64, device=self.device)
         same_level = s["a.level"] == s["b.level"]
-        agree = same_level & (s["a.count"] == s["b.count"]) & (s["a.hash"] == s["b.hash"]).all(0)
-        cagree = same_level & (s["a.ccount"] == s["b.ccount"]) & (s["a.chash"] == s["b.chash"]).all(0)
         zero = torch.zeros((), dtype=torch.int64, device=self.device)
-        err_num = torch.where(agree, s["dist"], zero).sum()
-        err_den = torch.where(agree, s["a.count"].to(torch.int64), zero).sum()
-        cerr_num = torch.where(cagree, s["cdist"], zero).sum()
-        cerr_den = torch.where(cagree, s["a.ccount"].to(torch.int64), zero).sum()
-        out = {
-            "sequence_agreement": ratio(agree.sum(), n),
-            "sequence_agreement_compressed": ratio(cagree.sum(), n),
-            "changepoint_error": ratio(err_num, err_den),
-            "changepoint_error_compressed": ratio(cerr_num, cerr_den),
-        }
+        out, agree = {}, {}
+        for rule, (count, hsh, dist) in _RULES.items():
+            agree[rule] = ok = (same_level & (s[f"a.{count}"] == s[f"b.{count}"])
+                                & (s[f"a.{hsh}"] == s[f"b.{hsh}"]).all(0))
+            out[f"sequence_agreement{rule}"] = ratio(ok.sum(), n)
+            out[f"changepoint_error{rule}"] = ratio(torch.where(ok, s[dist], zero).sum(),
+                                                    torch.where(ok, s[f"a.{count}"].to(torch.int64), zero).sum())
         for run in _RUNS:
             out[f"changes_{run}"] = s[f"{run}.count"].sum(dtype=torch.int64)
             out[f"oscillations_{run}"] = s[f"{run}.osc_total"].clone()
             out[f"oscillating_fraction_{run}"] = ratio(s[f"{run}.osc"].sum(), n)
-        flags = self._flags(same_level, agree)
+        flags = self._flags(same_level, agree[""])
         out.update(self._mover_figures({k: v.sum() for k, v in flags.items()}, n))
         if layers is not None:
             if len(layers) != len(self.sizes):
@@ -275,6 +313,9 @@ class ChangePointTracker:
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         expected = set(self.state) | {"last_step", "hash_params", "sizes"}
+        if "a.chash_before" in sd:  # its "compressed" state is the backtrack rule's; the authors' needs the history
+            raise ValueError("state dict was written before the compressed rule became the authors' (x-y-x-y -> "
+                             "x-y, issue #21); it cannot be continued: restart the run")
         if set(sd) != expected:
             raise ValueError(f"state dict keys differ: missing {sorted(expected - set(sd))}, "
                              f"unexpected {sorted(set(sd) - expected)}")

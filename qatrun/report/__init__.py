@@ -1,8 +1,10 @@
 """qatrun-report: figures and tables from finished pair runs (``qatrun-report --help``).
 
     runs.py     load run directories, group seeds into comparisons, labels, statistics
+    names.py    what a run compared, in words (both estimators, the twin's role, the optimizer's twin rule)
     figures.py  per-pair figures (curves, alignment and movement scatters, agreement); plot style
     lrlaw.py    the learning-rate law: error vs learning rate, log-log fit per family
+    atlas.py    the optimizer atlas: each optimizer's predicted twin against the other rule's, the floors
     tables.py   table.md / table.csv
     cli.py      report(): everything into one output directory; main(): the command line
 

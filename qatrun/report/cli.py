@@ -7,7 +7,8 @@ Every directory holding a ``summary.json`` (searched recursively) is one pair. W
 ``OUT/lr_law.<fmt>`` + ``OUT/lr_law.json`` (error vs learning rate, fitted log-log slopes per family),
 ``OUT/table.{md,csv}`` + ``OUT/summary.json`` (seeds aggregated per comparison), ``OUT/drift.<fmt>``
 (``--drift KEY=VALUE``: chosen pairs overlaid over training, see ``drift.py``) and ``OUT/findings.md``
-(a verdict per estimator and learning rate, in plain words, from the numbers: see ``verdict.py``). Missing pieces
+(a verdict per estimator and learning rate, in plain words, from the numbers: see ``verdict.py``), and
+``OUT/atlas.<fmt>`` + ``OUT/atlas.md`` (the optimizer atlas, ``atlas.py``). Missing pieces
 (no weight sample, ``pair.twin=none``, NaN metrics) skip the figure and add a note instead.
 """
 
@@ -23,6 +24,7 @@ import matplotlib
 
 from qatrun.files import jsonable, write_json
 
+from .atlas import atlas, atlas_markdown, fig_atlas
 from .drift import drift_markdown, drift_table, fig_drift, select
 from .figures import STYLE, pair_figures, save
 from .lrlaw import fig_lr_law, lr_law
@@ -46,6 +48,9 @@ result trees), groups runs that differ only by seed into comparisons, and writes
   OUT/lr_law.*                pair error against learning rate with log-log slopes (>= 3 lrs per family)
   OUT/findings.md             a verdict per estimator and learning rate, in plain words, from the numbers
   OUT/drift.*                 with --drift KEY=VALUE: the selected pairs overlaid over training steps
+  OUT/atlas.*, atlas.md       the optimizer atlas, when the runs hold verdicts for two or more optimizers:
+                              each one's predicted twin, the other rule's twin, the jitter floor, the
+                              untrained twin and the lr slope (--atlas KEY=VALUE picks the runs)
   OUT/summary.json            everything above as data, plus notes on what was skipped and why
 
 Metrics: over the weights that changed level (movers) the agreement of final levels and of level
@@ -76,7 +81,7 @@ def prune_pairs(pairs_dir: Path, written: set, notes: list) -> None:
 
 
 def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=None, pair_figs=True,
-           drift=None) -> dict:
+           drift=None, atlas_by=None) -> dict:
     notes: list = []
     runs = find_runs(paths, notes)
     if not runs:
@@ -105,6 +110,13 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
             notes.append("lr law: no family with >= 3 learning rates; lr_law figure skipped")
         if drifting:
             save(fig_drift(drifting), out, "drift", formats)
+    atlas_rows = atlas(select(runs, atlas_by) if atlas_by else runs)
+    if atlas_rows:
+        with matplotlib.rc_context(STYLE):
+            save(fig_atlas(atlas_rows), out, "atlas", formats)
+        (out / "atlas.md").write_text(atlas_markdown(atlas_rows))
+    elif atlas_by:
+        notes.append(f"atlas: no verdict for two optimizers among the runs with {' '.join(atlas_by)}; skipped")
     write_json(out / "lr_law.json", law)
     write_tables(comparisons, out)
     vs = verdicts(runs)
@@ -115,8 +127,11 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
         kept_out.append(f"No learning-rate law: it fits a slope per family of runs that differ only in the lr and "
                         f"needs at least 3 learning rates in one family; these runs have {len(lrs)} "
                         f"({', '.join(f'{v:g}' for v in lrs)}) and no family with 3.\n")
-    (out / "findings.md").write_text(findings_markdown(vs, law, drift_markdown(drift_rows) + kept_out))
+    atlas_lines = ["Optimizer atlas (mover agreement, %, over the weights that changed level; `atlas.png`):\n",
+                   atlas_markdown(atlas_rows)] if atlas_rows else []
+    (out / "findings.md").write_text(findings_markdown(vs, law, drift_markdown(drift_rows) + kept_out + atlas_lines))
     result = jsonable({"comparisons": comparisons, "lr_law": law, "verdicts": vs, "drift": drift_rows,
+                       "atlas": atlas_rows,
                        "pairs": pairs, "notes": notes})
     write_json(out / "summary.json", result)
     return result
@@ -137,11 +152,15 @@ def main(argv=None) -> int:
     p.add_argument("--drift", nargs="+", default=None, metavar="KEY=VALUE",
                    help="overlay the runs with these config values in OUT/drift.* (mover agreement and alignment "
                         "error against the step) and tabulate them in findings.md, e.g. --drift experiment_name=long")
+    p.add_argument("--atlas", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="draw the optimizer atlas (OUT/atlas.*, atlas.md) from the runs with these config values, "
+                        "e.g. --atlas experiment_name=optimizers (default: all runs, when they hold verdicts for "
+                        "two or more optimizers)")
     args = p.parse_args(argv)
     figure_formats = [f for f in args.formats if f in FIGURE_FORMATS] or ["png", "pdf"]
     try:
         res = report(args.paths, Path(args.out), figure_formats, args.label_by, args.family_by, not args.no_pairs,
-                     args.drift)
+                     args.drift, args.atlas)
     except (FileNotFoundError, ValueError) as e:
         print(f"qatrun-report: {e}", file=sys.stderr)
         return 2

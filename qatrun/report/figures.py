@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from .names import ROLE_WORDS, estimator_words, predicted, short_estimator, twin_role, twin_rule
 from .runs import Run, optimizer_words
 
 OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
@@ -32,20 +33,17 @@ def who(run: Run) -> tuple[str, str]:
     """Plain names of the two runs, e.g. ('tanh estimator (2 bits, α = 0.61)', 'STE twin from M(w0), lr × 0.61')."""
     s, f = run.summary, run.flat
     parts = [f"{f['estimator.bits']} bits"] if f.get("estimator.bits") is not None else []
-    if isinstance(f.get("estimator.k"), (int, float)):
-        parts.append(f"k = {f['estimator.k']:g}")
     if isinstance(s.get("alpha"), (int, float)):
         parts.append(f"α = {s['alpha']:.3g}")
-    est = f"{s.get('estimator') or f.get('estimator.name')} estimator" + (f" ({', '.join(parts)})" if parts else "")
+    name = short_estimator(estimator_words(run) or f.get("estimator.name"))  # with its options: tanh(k=5.5)
+    est = f"{name} estimator" + (f" ({', '.join(parts)})" if parts else "")
     twin = s.get("twin", f.get("pair.twin"))
     if twin == "none":
         return est, "no twin"
     lr = s.get("twin_lr_factor") or 1.0
     if twin == "self":
         return est, f"the same estimator as twin, lr × {s.get('twin_lr_scale') or lr:g}"
-    twin_est = s.get("twin_estimator") or "STE"  # an A-B pair names its twin's estimator
-    if twin_est.startswith("ste"):
-        twin_est = "STE"
+    twin_est = short_estimator(s.get("twin_estimator") or "ste")  # an A-B pair names its twin's estimator
     start = ("M(w0)" if twin_est == "STE" else "M_B⁻¹(M_A(w0))") if s.get("twin_init") == "mirror" else "w0"
     return est, f"{twin_est} twin from {start}, lr × {lr:.3g}"
 
@@ -54,7 +52,12 @@ def subtitle(run: Run) -> str:
     """What else ran, in words: optimizer, learning rate, steps, seed."""
     f = run.flat
     opt = optimizer_words(f.get("optimizer.name"))
-    bits = [f"{opt}" + (f" at lr {f['optimizer.lr']:g}" if isinstance(f.get("optimizer.lr"), float) else "")]
+    rule = twin_rule(run)
+    bits = [f"{opt}" + (f" ({rule} rule)" if rule else "")
+            + (f" at lr {f['optimizer.lr']:g}" if isinstance(f.get("optimizer.lr"), float) else "")]
+    role = twin_role(run)
+    if role not in (None, "jitter", "none"):
+        bits.append(f"{ROLE_WORDS.get(role, role)} twin" + ("" if predicted(run) else ", not the predicted one"))
     bits += [f"{run.summary['steps']} steps"] if run.summary.get("steps") else []
     bits += [f"seed {f['seed']}"] if f.get("seed") is not None else []
     return ", ".join(bits)
@@ -101,7 +104,14 @@ def fig_curves(run: Run, label: str = ""):
         axes[1, j].set_ylabel("twin − estimator run")
         axes[1, j].set_xlabel("training step")
         axes[1, j].set_xlim(left=0)  # every panel starts at step 0 (the test curves are measured there)
-    axes[0, 0].legend(frameon=False)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    if handles:  # below the panels: a legend inside one would sit on its curves
+        fig.legend(handles, names, loc="outside lower center", ncols=2, frameon=False)
+    if axes[0, 0].lines and axes[0, 1].lines:  # train and test loss: one quantity (cross-entropy), one scale
+        lo = min(ax.dataLim.y0 for ax in axes[0, :2])
+        hi = max(ax.dataLim.y1 for ax in axes[0, :2])
+        axes[0, 0].sharey(axes[0, 1])
+        axes[0, 1].set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
     fig.suptitle(title(run, "Training curves"))
     return fig
 
@@ -130,9 +140,20 @@ def limits(*arrays, pct=PCT, square=False):
     return lims
 
 
-def scatter_panel(ax, x, y, thresholds, agree=None, diagonal=True):
-    """Scatter with robust limits; the number of points outside the axes is written in the panel."""
-    (xl, yl) = limits(x, y, square=diagonal)
+def shared_limits(pairs, square: bool):
+    """One (x limits, y limits) for panels that show the same quantity: the union of each panel's robust limits."""
+    each = [limits(x, y, square=square) for x, y in pairs]
+    xl = (min(l[0][0] for l in each), max(l[0][1] for l in each))
+    yl = (min(l[1][0] for l in each), max(l[1][1] for l in each))
+    if square:
+        xl = yl = (min(xl[0], yl[0]), max(xl[1], yl[1]))
+    return xl, yl
+
+
+def scatter_panel(ax, x, y, thresholds, agree=None, diagonal=True, lims=None):
+    """Scatter with robust limits (``lims``: given, shared with a paired panel); the number of points outside
+    the axes is written in the panel."""
+    (xl, yl) = lims or limits(x, y, square=diagonal)
     for t in thresholds:
         ax.axvline(t, color="0.8", lw=0.7, zorder=0)
         if diagonal:
@@ -165,14 +186,15 @@ def fig_alignment(run: Run, w: dict, label: str = ""):
     m, th, agree = w["m"], thresholds(w), agreement(w)
     est, mapped, twin = w["est"] / m, w["est_mapped"] / m, w["twin"] / m
     identity = np.allclose(mapped, est)
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 5.0), layout="constrained")
-    scatter_panel(axes[0], est, twin, th, agree)
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 5.0), layout="constrained", sharex=True, sharey=True)
+    lims = shared_limits([(est, twin), (mapped, twin)], square=True)  # both panels: twin weight against w/m
+    scatter_panel(axes[0], est, twin, th, agree, lims=lims)
     axes[0].set(title="raw", xlabel="final estimator-run weight $w_{est}/m$", ylabel="final twin weight $w_{twin}/m$")
-    scatter_panel(axes[1], mapped, twin, th, agree)
+    scatter_panel(axes[1], mapped, twin, th, agree, lims=lims)
     axes[1].set(title="estimator run through the mirror map M" + (" (M = identity: twin not warped)" if identity else ""),
                 xlabel="$M(w_{est})/m$", ylabel="final twin weight $w_{twin}/m$")
-    for h in axes[0].legend(frameon=False, loc="upper left", markerscale=4).legend_handles:
-        h.set_alpha(1)
+    for h in axes[0].legend(frameon=False, loc="upper left").legend_handles:  # markers the points' size,
+        h.set_alpha(1)  # opaque so that they show
     fig.suptitle(title(run, "Weight alignment", f"; {len(est)} sampled quantized weights"))
     fig.supxlabel(UNITS + ("; grey lines: rounding thresholds" if th else ""), fontsize=8, color="0.3")
     return fig
@@ -181,11 +203,12 @@ def fig_alignment(run: Run, w: dict, label: str = ""):
 def fig_movement(run: Run, w: dict, label: str = ""):
     """How far each weight moved, ``w_final - w0``, against where it started, ``w0``."""
     m, th = w["m"], thresholds(w)
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.8), layout="constrained", sharey=False)
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.8), layout="constrained", sharex=True, sharey=True)
     est_name, twin_name = who(run)
+    moves = {k: (w[f"{k}0"] / m, w[k] / m - w[f"{k}0"] / m) for k in ("est", "twin")}
+    lims = shared_limits(moves.values(), square=False)  # one scale: how far each run moved, side by side
     for ax, (name, k) in zip(axes, [(est_name.split(" (")[0] + " run", "est"), (twin_name.split(",")[0], "twin")]):
-        x = w[f"{k}0"] / m
-        scatter_panel(ax, x, w[k] / m - x, th, diagonal=False)
+        scatter_panel(ax, *moves[k], th, diagonal=False, lims=lims)
         ax.set(title=name, xlabel=f"initial weight $w_{{{k},0}}/m$",
                ylabel=f"movement $(w_{{{k}}} - w_{{{k},0}})/m$")
     axes[0].legend(frameon=False, loc="upper left")

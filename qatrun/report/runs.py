@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qatrun.config import flatten, is_operational
+from qatrun.config import flatten, is_operational, with_added
+from qatrun.metricnames import upgrade_summary
+
+from .names import NAMED_BY_PAIR, pair_words
 
 BARE = ("experiment_name", "optimizer.name", "pair.twin", "estimator.name", "twin_estimator.name")  # bare values in labels
 ALWAYS = ("optimizer.name", "pair.twin")  # always in automatic labels (unless named experiments differ)
@@ -100,6 +103,7 @@ def load_run(path: Path) -> Run:
     why = summary_problem(s)
     if why:
         raise NotASummary(why)
+    s = upgrade_summary(s)  # figures renamed since the summary was written (qatrun.metricnames)
     history, config = s.pop("history", None) or {}, s.pop("config", None)
     if config is None and (path / ".hydra" / "config.yaml").exists():
         from omegaconf import OmegaConf
@@ -109,7 +113,7 @@ def load_run(path: Path) -> Run:
             raise NotASummary(f"no config in the summary, and .hydra/config.yaml does not load ({e})") from None
         if not isinstance(config, dict):
             raise NotASummary(f"no config in the summary, and .hydra/config.yaml holds a {type(config).__name__}")
-    flat = flatten(config or {})
+    flat = flatten(with_added(config) if config else {})  # a key added since: the value its absence meant
     for key, skey in [("seed", "seed"), ("estimator.name", "estimator"), ("pair.twin", "twin")]:
         flat.setdefault(key, s.get(skey))  # runs without a config still group by what the summary says
     return Run(path, s, history, flat, config is not None)
@@ -248,18 +252,25 @@ def label_keys(groups: list[dict], drop=frozenset()) -> list[str]:
     return keys + [k for k in differ if k not in keys]
 
 
-def make_labels(groups: list[dict], keys=None) -> list[str]:
+def varies_within(groups: list[dict], key: str, by: str) -> bool:
+    """Whether ``key`` takes two values among groups with the same ``by`` (an optimizer's own setting)."""
+    seen: dict = {}
+    for g in groups:
+        if key in g:
+            seen.setdefault(repr(g.get(by)), set()).add(repr(g[key]))
+    return any(len(v) > 1 for v in seen.values())
+
+
+def make_labels(groups: list[dict], keys=None, dedupe: bool = True) -> list[str]:
     """A label per group (dict of dotted key -> value) built from ``keys`` (default: label_keys)."""
     keys = keys if keys is not None else label_keys(groups)
     short = [k.split(".")[-1] for k in keys]
     names = [s if short.count(s) == 1 else k for k, s in zip(keys, short)]
-    labels, seen = [], {}
+    labels = []
     for g in groups:
         parts = [fmt(g[k]) if k in BARE else f"{n}={fmt(g[k])}" for k, n in zip(keys, names) if g.get(k) is not None]
-        label = " ".join(parts) or "run"
-        seen[label] = seen.get(label, 0) + 1
-        labels.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
-    return labels
+        labels.append(" ".join(parts) or "run")
+    return unique(labels) if dedupe else labels
 
 
 def aggregate(runs: list[Run], label_by) -> list[tuple[str, list[Run]]]:
@@ -272,9 +283,28 @@ def aggregate(runs: list[Run], label_by) -> list[tuple[str, list[Run]]]:
     keys = label_by or label_keys(reps, drop)
     for rs in groups.values():
         rs.sort(key=lambda r: (str(r.flat.get("seed")), str(r.path)))
+    named = [None if label_by else pair_words(rs[0]) for rs in groups.values()]
     order = sorted(range(len(reps)), key=lambda i: [sort_key(reps[i].get(k)) for k in keys] + [repr(list(groups)[i])])
-    labels, rs = make_labels(reps, keys), list(groups.values())
+    if all(named):  # every run says what it compared: that first, then what else tells the groups apart
+        rest = [k for k in keys + (["optimizer.lr"] if "optimizer.lr" not in keys else [])
+                if not k.startswith(NAMED_BY_PAIR) and (k == "optimizer.lr" or not k.startswith("optimizer.")
+                                                        or varies_within(reps, k, "optimizer.name"))]
+        extra = make_labels(reps, rest, dedupe=False) if rest else [""] * len(reps)
+        labels = unique([f"{n}, {e}" if e and e != "run" else n for n, e in zip(named, extra)])
+    else:
+        labels = make_labels(reps, keys)
+    rs = list(groups.values())
     return [(labels[i], rs[i]) for i in order]
+
+
+def unique(labels: list[str]) -> list[str]:
+    """Labels with a ``#2``, ``#3`` ... on repeats (two groups the keys cannot tell apart)."""
+    seen: dict = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+    return out
 
 
 def stats(values) -> dict:

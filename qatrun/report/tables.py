@@ -24,8 +24,9 @@ COLUMNS = [
     ("est/test_acc", "Est. accuracy", "frac"),
     ("twin/test_acc", "Twin accuracy", "frac"),
 ]
-# Kept in summary.json and the CSV's source data but not a column: with one-level moves the
-# compressed sequence agreement equalled the exact one to 4 digits in 25 of 26 rows (docs/results.md).
+# Kept in summary.json and the CSV's source data but not a column: the compressed sequence agreement (the authors'
+# a-b-a-b -> a-b rule) and qatrun's backtrack variant (docs/metrics.md); with one-level moves the old compressed
+# figure equalled the exact one to 4 digits in 25 of 26 rows of the v1 results.
 
 
 def sig3(x: float) -> str:

@@ -9,9 +9,10 @@ predicts against its controls over the weights that moved:
   (the estimator against itself at lr x 1.01) and an untrained twin;
 * Adam: the plain STE twin (the theorem's Adam twin) against the jitter floor and an untrained twin.
 
-The verdict is the share of the gap between the reference (the no-warp control for SGD, the
-untrained twin for Adam) and the jitter floor that the predicted pair closes: at least 75%
-supports the claim at that learning rate, 25-75% partly, below 25% does not. Without a jitter
+The verdict is the share of the gap between the reference (the other rule's twin where it ran: the
+no-warp control for SGD, the warped twin for Adam and the other adaptive and sign-based optimizers;
+else the paper's control for SGD and the untrained twin for Adam) and the jitter floor that the predicted
+pair closes: at least 75% supports the claim at that learning rate, 25-75% partly, below 25% does not. Without a jitter
 floor in the report there is no verdict, only the numbers. ``findings.md`` collects the
 paragraphs so that prose quoting the results is generated from them.
 """
@@ -20,7 +21,8 @@ from __future__ import annotations
 
 from qatrun.metricnames import HEADLINE
 
-from .runs import Run, ignored, map_words, stats
+from .names import predicted, twin_role
+from .runs import Run, ignored, map_words, stats, uninformative
 
 SUPPORTS, PARTLY = 0.75, 0.25
 METRIC = HEADLINE  # qatrun.metricnames
@@ -28,34 +30,17 @@ METRIC = HEADLINE  # qatrun.metricnames
 TWIN_KEYS = ("pair.twin", "pair.twin_lr_scale", "experiment_name")
 
 
-# A twin's role (``twin_role`` in summary.json, ``qatrun.pair.ROLES``) as it counts in a verdict. "warped" and
-# "adam_twin" are the predicted pairs (under a warp rule and under an identity/exact rule); a warped twin
-# under an adaptive optimizer is the other rule's twin ("other_rule"): shown, never the prediction.
+# A twin's role (``twin_role`` in summary.json, ``qatrun.twin.ROLES``; ``runs.twin_role`` works it out for older
+# summaries) as it counts in a verdict. "warped" and "adam_twin" are the predicted pairs (under a warp rule and under
+# an identity/exact rule); a warped twin under an adaptive optimizer is the other rule's twin ("other_rule"): shown,
+# never the prediction.
 def role(run: Run) -> str | None:
-    s = run.summary
-    if "twin_role" in s:
-        r, predicted = s.get("twin_role"), bool(s.get("twin_predicted"))
-        if r in ("warped", "ab_warped"):
-            return "warped" if predicted else "other_rule"
-        if r in ("plain_ste", "ab_unwarped"):
-            return "adam_twin" if predicted else "no_warp"
-        return {"paper_control": "paper_control", "jitter": "jitter"}.get(r)
-    return legacy_role(run)
-
-
-def legacy_role(run: Run) -> str | None:
-    """The role of a run written before summaries said it, worked out from its twin mode and optimizer."""
-    s = run.summary
-    twin, init, factor, scale = s.get("twin"), s.get("twin_init"), s.get("twin_lr_factor"), s.get("twin_lr_scale", 1.0)
-    if twin == "self":
-        return "jitter" if scale not in (None, 1.0) else None
-    if init == "mirror":
-        return None if twin == "warp_init" else "warped"  # A-B pairs can have alpha_A / alpha_B = 1
-    if factor not in (None, 1.0):
-        return "paper_control"
-    if twin in ("ste", "auto", "nowarp"):
-        return "adam_twin" if run.flat.get("optimizer.name", "").startswith("adam") else "no_warp"
-    return None
+    r = twin_role(run)
+    if r in ("warped", "ab_warped"):
+        return "warped" if predicted(run) else "other_rule"
+    if r in ("plain_ste", "ab_unwarped"):
+        return "adam_twin" if predicted(run) else "no_warp"
+    return {"paper_control": "paper_control", "jitter": "jitter"}.get(r)
 
 
 def twin_label(run: Run) -> str:
@@ -69,12 +54,13 @@ def families(runs: list[Run]) -> list[tuple[tuple, dict]]:
     the jitter floor and the untrained twin belong to the estimator run, so A-B pairs share them.
     A seed counts once per group: the first run (in path order) of a repeated configuration stands."""
     out: dict[tuple, dict] = {}
+    drop = uninformative(runs)  # a key added to the config since some runs were written splits no family
     for r in runs:
         rl = role(r)
         if rl is None:
             continue
         key = tuple(sorted((k, v) for k, v in r.flat.items() if not ignored(k) and k not in TWIN_KEYS
-                           and not k.startswith("twin_estimator")))
+                           and k not in drop and not k.startswith("twin_estimator")))
         group = out.setdefault(key, {}).setdefault((twin_label(r), rl), [])
         if r.flat.get("seed") not in [g.flat.get("seed") for g in group]:  # a seed counts once (the lr law
             group.append(r)  # repeats the default lr's seed 0 under another experiment_name)
@@ -126,14 +112,17 @@ def verdict(roles: dict[str, list[Run]], twin: str = "STE") -> dict | None:
         parts.append(f"the jitter floor ({est} against itself at lr x 1.01) on {_pct(figs['jitter'])}")
     parts.append(f"and a twin that never trained would score {_pct(figs['untrained'])}")
     text += "; " + ", ".join(parts) + "."
-    ref_role = next((r for r in ("no_warp", "paper_control") if r in figs), None) if pred_role == "warped" else None
+    # the reference: the other rule's twin where it ran (SGD: the plain STE; an adaptive optimizer: the warped
+    # STE), else the paper's control (SGD) or the untrained twin (adaptive)
+    ref_role = next((r for r in (("no_warp", "paper_control") if pred_role == "warped" else ("other_rule",))
+                     if r in figs), None)
     ref = figs[ref_role] if ref_role else figs["untrained"]
     closed, call = None, "no verdict (no jitter floor in this report)"
     if "jitter" in figs and None not in (ref["mean"], figs["jitter"]["mean"], figs[pred_role]["mean"]):
         gap = figs["jitter"]["mean"] - ref["mean"]
         closed = (figs[pred_role]["mean"] - ref["mean"]) / gap if gap > 0 else None
         ref_words = {"no_warp": "the unadjusted twin", "paper_control": "the paper's control",
-                     None: "the untrained twin"}[ref_role]
+                     "other_rule": "the warped twin", None: "the untrained twin"}[ref_role]
         if closed is None:
             call = f"no verdict (the jitter floor is not above {ref_words}: noise swamps the comparison at this lr)"
         if closed is not None:

@@ -1,0 +1,101 @@
+"""What a run compared, in words: both estimators with their options, the twin's role and the optimizer's
+twin rule, read from the summary (or, for a summary written before those keys, worked out from its config).
+The report's table rows, figure titles and verdicts name pairs through these."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runs import Run
+
+# Config keys that pair_words already names (both estimators, the twin mode): not repeated after it in a label.
+NAMED_BY_PAIR = ("estimator.", "twin_estimator.", "pair.twin", "pair.twin_lr_scale", "optimizer.name")
+
+
+def short_estimator(desc) -> str:
+    """An estimator's description with a user shape's dotted path cut to its function name
+    (``custom(shape=mypkg.shapes:sharp_bump)`` -> ``custom(shape=sharp_bump)``); the STE as ``STE``."""
+    text = re.sub(r"(shape=)[\w.]+[.:](\w+)", r"\1\2", str(desc))
+    return "STE" if text == "ste" or text.startswith("ste(") else text
+
+
+# A twin role (qatrun.twin.ROLES) in a label; the estimators are named beside it.
+ROLE_WORDS = {"warped": "warped", "ab_warped": "warped", "paper_control": "paper-control", "warp_init": "init-map",
+              "plain_ste": "plain", "ab_unwarped": "unwarped"}
+
+
+def twin_role(run: "Run") -> str | None:
+    """The twin's role (a key of ``qatrun.twin.ROLES``): the summary's ``twin_role``, or for a summary written
+    before it, worked out from its twin mode, init map and lr factors; None when it cannot be told."""
+    s = run.summary
+    if s.get("twin_role"):
+        return s["twin_role"]
+    twin, init, factor, scale = s.get("twin"), s.get("twin_init"), s.get("twin_lr_factor"), s.get("twin_lr_scale", 1.0)
+    ab = bool(s.get("twin_estimator")) and not str(s.get("twin_estimator")).startswith("ste") and twin not in ("ste", "self")
+    if twin == "none":
+        return "none"
+    if twin == "self":
+        return "jitter" if scale not in (None, 1.0) else None
+    if init == "mirror":
+        return "warp_init" if twin == "warp_init" else "ab_warped" if ab else "warped"
+    if factor not in (None, 1.0):
+        return "paper_control"
+    if twin in ("ste", "auto", "nowarp"):
+        return "ab_unwarped" if ab else "plain_ste"
+    return None
+
+
+def twin_rule(run: "Run") -> str | None:
+    """The optimizer's twin rule (warp / identity / exact): the summary's, or the registry's for older runs."""
+    if run.summary.get("twin_rule"):
+        return run.summary["twin_rule"]
+    from qatrun.optim import OPTIMIZERS
+    name = run.flat.get("optimizer.name")
+    return OPTIMIZERS.meta(name).get("twin_rule") if name in OPTIMIZERS else None
+
+
+def predicted(run: "Run") -> bool:
+    """Whether the theorem predicts this twin to track the run (``twin_predicted``; for older runs: a warped
+    twin under a warp rule, a plain one under an identity or exact rule)."""
+    if "twin_predicted" in run.summary:
+        return bool(run.summary["twin_predicted"])
+    role, rule = twin_role(run), twin_rule(run)
+    return (role in ("warped", "ab_warped") and rule == "warp") or (role in ("plain_ste", "ab_unwarped")
+                                                                    and rule in ("identity", "exact"))
+
+
+def estimator_words(run: "Run") -> str | None:
+    """The run's estimator with its resolved options (``tanh(k=5.5)``); rebuilt from the config for a summary
+    written before ``estimator_description``."""
+    if run.summary.get("estimator_description"):
+        return run.summary["estimator_description"]
+    opts = {k[len("estimator."):]: v for k, v in run.flat.items() if k.startswith("estimator.")}
+    try:
+        from qatrun import estimators
+        from qatrun.estimators.base import describe
+        return describe(estimators.create(**opts))
+    except Exception:  # a user's shape that no longer imports, an old key: the name alone
+        return run.summary.get("estimator")
+
+
+def pair_words(run: "Run") -> str | None:
+    """What a run compared: both estimators with their options, the bits, the twin's role and the optimizer
+    with its twin rule, e.g. ``tanh(k=5.5) vs STE, 2 bits, warped twin; sgd (warp rule)``. None when the
+    role cannot be told (the label falls back to config keys)."""
+    s, f = run.summary, run.flat
+    est, role = estimator_words(run), twin_role(run)
+    if not est or not role:
+        return None
+    if role == "jitter":
+        twin = f"itself at lr x {s.get('twin_lr_scale') or f.get('pair.twin_lr_scale')}"
+    elif role == "none":
+        twin = "no twin"
+    else:
+        twin = short_estimator(s.get("twin_estimator") or "ste") if role.startswith("ab_") else "STE"
+    bits = f.get("estimator.bits")
+    nbits = f", {bits} bit{'s' if bits != 1 else ''}" if bits is not None else ""
+    what = "" if role in ("jitter", "none") else f", {ROLE_WORDS.get(role, role)} twin"
+    rule = twin_rule(run)
+    return f"{short_estimator(est)} vs {twin}{nbits}{what}; {f.get('optimizer.name')}" + (f" ({rule} rule)" if rule else "")
