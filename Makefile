@@ -60,4 +60,4 @@ clean:  ## remove run outputs (not the venv)
 	rm -rf outputs multirun
 
 report-mnist: install  ## redraw results/mnist from its runs (no training)
-	$(VENV)/bin/qatrun-report results/mnist/runs --out results/mnist --drift experiment_name=long
+	bash scripts/reproduce_mnist.sh report

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the paper's MNIST comparisons (and the variations past it), then draw the report.
 #   bash scripts/reproduce_mnist.sh full|quick [extra overrides, e.g. device=cuda]
+#   bash scripts/reproduce_mnist.sh report      # no training: redraw the report from the runs
 #   BLOCKS="sgd adam" bash scripts/reproduce_mnist.sh full     # only these blocks (then the report)
 # Runs go to results/mnist[-quick]/runs/<block>/<job>/, the report to results/mnist[-quick]/.
 #
@@ -44,7 +45,11 @@ case "$mode" in
     adam_lrs=0.0001,0.001,0.01
     long=(trainer.max_steps=120)
     ;;
-  *) echo "usage: $0 full|quick [overrides]" >&2; exit 2 ;;
+  report)  # no training: redraw results/mnist (or $OUT) from its runs
+    out=${OUT:-results/mnist}
+    "$REPORT" "$out/runs" --out "$out" --drift experiment_name=long --atlas experiment_name=optimizers
+    exit ;;
+  *) echo "usage: $0 full|quick|report [overrides]" >&2; exit 2 ;;
 esac
 all_blocks="sgd adam jitter adam_jitter sgd_nowarp warp_lr ablation outside bits scaledown long any_pair_tanh25 any_pair_cosine any_pair_pwl any_pair_adam any_pair_literature lr_sgd lr_sgd_nowarp lr_adam lr_jitter lr_adam_jitter lr_seeds optimizers resnet18"
 BLOCKS=${BLOCKS:-$all_blocks}
@@ -145,5 +150,5 @@ if [[ " $BLOCKS " == *" optimizers "* ]]; then
 fi
 
 wall=$(( $(date +%s) - start ))
-"$REPORT" "$runs" --out "$out" --drift experiment_name=long
+OUT="$out" REPORT="$REPORT" bash "$0" report
 echo "$mode suite ($BLOCKS): $wall s of training on $(nproc) cores; report in $out" | tee -a "$out/WALLTIME.txt"
