@@ -68,7 +68,9 @@ def adadelta(groups, lr: float, rho: float, eps: float, weight_decay: float):
     return torch.optim.Adadelta(groups, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("rprop", twin_rule="exact", why=SIGN)
+# ``lr_at_first_step``: the optimizer reads the lr once, at its first step (Rprop's initial step size), where the
+# warm-up has it at 0: with trainer.warmup_frac > 0 optimizer.lr has no effect (qatrun.spec says so at start).
+@OPTIMIZERS.register("rprop", twin_rule="exact", why=SIGN, lr_at_first_step=True)
 def rprop(groups, lr: float, etas: List[float], step_sizes: List[float]):
     return torch.optim.Rprop(groups, lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes))
 

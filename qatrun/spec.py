@@ -115,5 +115,11 @@ def build(cfg, data_shape: DataShape | None = None) -> RunSpec:
     he_init, quantize_linear = model_options.pop("he_init"), model_options.pop("quantize_linear")
     quantized = check_model(model_name, model_options, shape.input_shape, shape.num_classes, quantize_linear)
     tr = cfg.trainer
-    return RunSpec(est, twin_est, twin, opt_name, lr, opt_options, model_name, model_options, he_init,
+    spec = RunSpec(est, twin_est, twin, opt_name, lr, opt_options, model_name, model_options, he_init,
                    quantize_linear, quantized, data_name, data_options, shape, tr.max_steps, tr.epochs, device)
+    if optim.OPTIMIZERS.meta(opt_name).get("lr_at_first_step") and tr.warmup_frac > 0:
+        spec.extra["warnings"] = [
+            f"optimizer={opt_name} reads its lr once, at the first step, where the warm-up (trainer.warmup_frac="
+            f"{tr.warmup_frac:g}) has it at 0: optimizer.lr={lr:g} has no effect and every step size starts at its "
+            "minimum; set trainer.warmup_frac=0 to start from optimizer.lr"]
+    return spec

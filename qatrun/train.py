@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -141,6 +142,8 @@ def _train(cfg: DictConfig, run_dir: Path, held: list) -> dict:
     pair = pair_from_spec(cfg, spec, device, steps, main)
     if main:
         print(f"quantized layers ({len(spec.quantized)}): {', '.join(spec.quantized)}")
+        for line in spec.extra.get("warnings", []):
+            print(f"qatrun: warning: {line}", file=sys.stderr)
 
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("resume", None)  # where a run continues is not part of what it computes

@@ -81,3 +81,36 @@ def test_report_draws_the_atlas_only_for_two_optimizers(tmp_path):
                         atlas_by=["experiment_name=optimizers"])
     assert not (tmp_path / "out2" / "atlas.png").exists() and any(n.startswith("atlas: no verdict for two")
                                                                     for n in res["notes"])
+
+
+def test_rprop_under_a_warm_up_from_zero_is_warned_about(capsys):
+    """Rprop takes its initial step size from the lr at its first step, which the warm-up sets to 0: the atlas's
+    Rprop runs at lr 0.001 and 0.003 are identical. The spec says so; without a warm-up it does not."""
+    from qatrun import spec
+    from tests.conftest import make_cfg
+
+    (line,) = spec.build(make_cfg("optimizer=rprop")).extra["warnings"]
+    assert "optimizer.lr=0.001 has no effect" in line and "trainer.warmup_frac=0" in line
+    assert "warnings" not in spec.build(make_cfg("optimizer=rprop", "trainer.warmup_frac=0")).extra
+    assert "warnings" not in spec.build(make_cfg("optimizer=adam")).extra
+
+
+def test_rprop_ignores_its_lr_under_the_warm_up():
+    """The fact behind the warning, in torch: Rprop's step sizes start from the first step's lr (0 here)."""
+    import torch
+
+    from qatrun.optim import build_optimizer, build_scheduler
+
+    outs = []
+    for lr, warm in ((1e-3, 0.1), (3e-3, 0.1), (3e-3, 0.0)):
+        w = torch.nn.Parameter(torch.ones(3))
+        opt = build_optimizer("rprop", [w], lr, etas=[0.5, 1.2], step_sizes=[1e-6, 50.0])
+        sched = build_scheduler(opt, 10, warm)
+        for _ in range(5):
+            opt.zero_grad()
+            (w * torch.tensor([1.0, -2.0, 3.0])).sum().backward()
+            opt.step()
+            sched.step()
+        outs.append(w.detach().clone())
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], torch.ones(3))  # moved, alike
+    assert not torch.equal(outs[1], outs[2])  # without the warm-up the lr counts

@@ -27,8 +27,11 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_checkpoints_and_resume_is_exact(uninterrupted, tmp_path, sig, code):
     run_dir = tmp_path / "run"
+    # as at a terminal: a test runner started in the background of a shell (nohup ... &) passes SIGINT down ignored,
+    # and qatrun rightly keeps an ignored SIGINT ignored
     proc = subprocess.Popen([*CLI, *LONG, f"hydra.run.dir={run_dir}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (run_dir / "status.json").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

@@ -55,3 +55,15 @@ def test_old_summaries_without_twin_role_keep_their_roles(tmp_path):
 
     (v,) = family(tmp_path, {"warped": 0.97, "no_warp": 0.70, "jitter": 0.98})["verdicts"]
     assert v["verdict"] == "supports" and "warped pair" in v["text"]
+
+
+def test_no_verdict_when_the_jitter_floor_is_at_the_untrained_twin(tmp_path):
+    """ResNet-18 on MNIST: every twin, the jitter floor included, below an untrained twin (0.08 here). The warped
+    pair closing '111%' of a 1.6-point gap between the unadjusted twin and that floor is noise, not support."""
+    from tests.test_report import family
+
+    (v,) = family(tmp_path, {"warped": 0.0700, "no_warp": 0.0540, "jitter": 0.0680})["verdicts"]
+    assert v["gap_closed"] is None and v["verdict"].startswith("no verdict (the jitter floor is not above the "
+                                                                 "untrained twin")
+    (v,) = family(tmp_path / "above", {"warped": 0.0900, "no_warp": 0.0540, "jitter": 0.0950})["verdicts"]
+    assert v["verdict"] == "supports"  # a floor above the untrained twin's 8%: a verdict again

@@ -12,14 +12,12 @@ least two optimizers (``--atlas KEY=VALUE`` picks the runs, e.g. ``experiment_na
 from __future__ import annotations
 
 import math
-from collections import Counter
-
 import matplotlib.pyplot as plt
 import numpy as np
 
 from .figures import OKABE_ITO
-from .names import twin_rule
-from .runs import fmt, ignored
+from .names import settings, twin_rule
+from .runs import ignored
 from .verdict import families, verdict
 
 OTHER = {"warped": "no_warp", "adam_twin": "other_rule"}  # the other rule's twin, per predicted role
@@ -43,27 +41,14 @@ def atlas(runs) -> list[dict]:
                      "gap_closed": v["gap_closed"]})
     if len({r["optimizer"] for r in rows}) < 2:
         return []
-    name_settings(rows)
+    for r, setting in zip(rows, settings([(r["optimizer"], r["config"]) for r in rows])):
+        r["setting"] = setting
     for rs in group(rows).values():
         slope = lr_slope(rs)
         for r in rs:
             r["lr_slope"] = slope
     return sorted(rows, key=lambda r: (RULE_ORDER.get(r["rule"], 9), r["optimizer"], r["setting"] != "", r["setting"],
                                        r["lr"]))
-
-
-def name_settings(rows: list[dict]) -> None:
-    """``setting``: the keys (not the lr) in which a row differs from the most common value among the rows of
-    its optimizer, e.g. ``nesterov=True``; "" for the optimizer as configured."""
-    by_opt: dict = {}
-    for r in rows:
-        by_opt.setdefault(r["optimizer"], []).append(r)
-    for rs in by_opt.values():
-        keys = sorted({k for r in rs for k in r["config"]} - {"optimizer.lr"})
-        modal = {k: Counter(repr(r["config"].get(k)) for r in rs).most_common(1)[0][0] for k in keys}
-        for r in rs:
-            diff = [k for k in keys if repr(r["config"].get(k)) != modal[k]]
-            r["setting"] = " ".join(f"{k.split('.')[-1]}={fmt(r['config'].get(k))}" for k in diff)
 
 
 def group(rows: list[dict]) -> dict:

@@ -5,6 +5,7 @@ The report's table rows, figure titles and verdicts name pairs through these."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -99,3 +100,35 @@ def pair_words(run: "Run") -> str | None:
     what = "" if role in ("jitter", "none") else f", {ROLE_WORDS.get(role, role)} twin"
     rule = twin_rule(run)
     return f"{short_estimator(est)} vs {twin}{nbits}{what}; {f.get('optimizer.name')}" + (f" ({rule} rule)" if rule else "")
+
+
+# Config keys a setting never names: how long and how finely a run is measured (the steps are named apart).
+NOT_A_SETTING = ("optimizer.lr", "trainer.", "dataset.test_subset", "dataset.eval_batch_size", "experiment_name",
+                 "estimator.")  # the estimator and its bits are named apart too
+
+
+def settings(items: list[tuple[str, dict]]) -> list[str]:
+    """Per ``(optimizer, flat config)``: the keys in which it differs from the most common value among the items
+    of its optimizer, e.g. ``nesterov=True`` or ``model=resnet18 batch_size=64``; "" for the usual setting."""
+    by_opt: dict = {}
+    for i, (opt, _) in enumerate(items):
+        by_opt.setdefault(opt, []).append(i)
+    out = [""] * len(items)
+    for idx in by_opt.values():
+        confs = [items[i][1] for i in idx]
+        keys = sorted({k for c in confs for k in c if not k.startswith(NOT_A_SETTING)})
+        modal = {k: Counter(repr(c.get(k)) for c in confs).most_common(1)[0][0] for k in keys}
+        for i, c in zip(idx, confs):
+            diff = [k for k in keys if repr(c.get(k)) != modal[k]]
+            out[i] = " ".join(f"{_short(k)}={_fmt(c.get(k))}" for k in diff)
+    return out
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _short(key: str) -> str:
+    """``optimizer.nesterov`` -> ``nesterov``; a group's choice (``model.name``) -> ``model``."""
+    parts = key.split(".")
+    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]

@@ -12,16 +12,18 @@ predicts against its controls over the weights that moved:
 The verdict is the share of the gap between the reference (the other rule's twin where it ran: the
 no-warp control for SGD, the warped twin for Adam and the other adaptive and sign-based optimizers;
 else the paper's control for SGD and the untrained twin for Adam) and the jitter floor that the predicted
-pair closes: at least 75% supports the claim at that learning rate, 25-75% partly, below 25% does not. Without a jitter
-floor in the report there is no verdict, only the numbers. ``findings.md`` collects the
-paragraphs so that prose quoting the results is generated from them.
+pair closes: at least 75% supports the claim at that learning rate, 25-75% partly, below 25% does not.
+Without a jitter floor in the report, or with one no higher than the untrained twin (a near copy of the
+run agreeing no better than a twin that never trained: noise swamps every comparison), there is no
+verdict, only the numbers. ``findings.md`` collects the paragraphs so that prose quoting the results is
+generated from them.
 """
 
 from __future__ import annotations
 
 from qatrun.metricnames import HEADLINE
 
-from .names import predicted, twin_role
+from .names import predicted, settings, twin_role
 from .runs import Run, ignored, map_words, stats, uninformative
 
 SUPPORTS, PARTLY = 0.75, 0.25
@@ -123,6 +125,9 @@ def verdict(roles: dict[str, list[Run]], twin: str = "STE") -> dict | None:
         closed = (figs[pred_role]["mean"] - ref["mean"]) / gap if gap > 0 else None
         ref_words = {"no_warp": "the unadjusted twin", "paper_control": "the paper's control",
                      "other_rule": "the warped twin", None: "the untrained twin"}[ref_role]
+        floor, untrained = figs["jitter"]["mean"], figs["untrained"]["mean"]
+        if untrained is not None and floor <= untrained:  # a near copy of the run agrees no better than no training
+            closed, ref_words = None, "the untrained twin"
         if closed is None:
             call = f"no verdict (the jitter floor is not above {ref_words}: noise swamps the comparison at this lr)"
         if closed is not None:
@@ -137,15 +142,20 @@ def verdict(roles: dict[str, list[Run]], twin: str = "STE") -> dict | None:
 
 
 def verdicts(runs: list[Run]) -> list[dict]:
-    out = []
-    for _, by in families(runs):
+    out, confs = [], []
+    for key, by in families(runs):
         shared = {rl: rs for (_, rl), rs in by.items() if rl == "jitter"}
         for twin in sorted({t for t, rl in by if rl != "jitter"}, key=lambda t: (t != "STE", t)):
             roles = {rl: rs for (t, rl), rs in by.items() if t == twin} | shared
             if (v := verdict(roles, twin)) is not None:
                 out.append(v)
+                confs.append((v["optimizer"], dict(key)))
+    for v, setting in zip(out, settings(confs)):  # what tells two families of one optimizer apart, in the text
+        v["setting"] = setting
+        if setting:
+            v["text"] = v["text"].replace(f", {v['optimizer']}, lr ", f", {v['optimizer']} ({setting}), lr ", 1)
     order = lambda v: (str(v["estimator"]), v["twin"] != "STE", str(v["twin"]), str(v["optimizer"]),
-                       v["bits"] or 0, v["steps"] or 0, v["lr"] or 0)
+                       v["bits"] or 0, v["setting"], v["steps"] or 0, v["lr"] or 0)
     return sorted(out, key=order)
 
 
