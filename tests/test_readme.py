@@ -13,11 +13,16 @@ README = (ROOT / "README.md").read_text()
 RUNS = ROOT / "results" / "mnist" / "runs"
 
 
-def summaries(block: str, lr: float | None = None) -> list[dict]:
+def summaries(block: str, lr: float | None = None, opt: str | None = None, role: str | None = None) -> list[dict]:
     found = [json.loads(p.read_text()) for p in sorted((RUNS / block).glob("*/summary.json"))]
     if lr is not None:
         found = [s for s in found if abs(s["config"]["optimizer"]["lr"] - lr) < 1e-12]
-    assert found, f"no committed runs in results/mnist/runs/{block}" + (f" at lr {lr}" if lr else "")
+    if opt is not None:
+        found = [s for s in found if s["config"]["optimizer"]["name"] == opt]
+    if role is not None:
+        found = [s for s in found if s.get("twin_role") == role]
+    assert found, f"no committed runs in results/mnist/runs/{block}" + (f" at lr {lr}" if lr else "") + (
+        f" with {opt} {role}" if opt or role else "")
     return found
 
 
@@ -44,9 +49,9 @@ def test_headline_figures_are_the_committed_runs():
     rows = headline_rows()
     assert len(rows) >= 5
     for name, runs, agreement, untrained in rows:
-        m = re.fullmatch(r"`(\w+)`(?: lr=([\d.e-]+))?", runs)
-        assert m, f"headline row {name!r}: runs cell {runs!r} is not `block` [lr=X]"
-        found = summaries(m[1], float(m[2]) if m[2] else None)
+        m = re.fullmatch(r"`(\w+)`(?: lr=([\d.e-]+))?(?: (\w+) (\w+))?", runs)
+        assert m, f"headline row {name!r}: runs cell {runs!r} is not `block` [lr=X] [OPTIMIZER TWIN_ROLE]"
+        found = summaries(m[1], float(m[2]) if m[2] else None, m[3], m[4])
         assert agreement == percent([s["pair/mover_agreement"] for s in found]), (name, runs)
         assert untrained == percent([s["pair/mover_agreement_untrained"] for s in found]), (name, runs)
 
@@ -107,3 +112,31 @@ def test_every_make_target_in_the_readme_exists():
     used = set(re.findall(r"\bmake ([a-z][a-z-]*)", README))
     assert {"install", "run", "test", "test-fast", "docs"} <= used
     assert used <= targets, used - targets
+
+
+def test_atlas_rows_are_the_committed_atlas():
+    """The README's optimizer atlas rows are rows of the generated results/mnist/atlas.md, verbatim."""
+    m = re.search(r"<!-- atlas:begin[^>]*-->\n(.*?)<!-- atlas:end -->", README, re.S)
+    assert m, "README has no atlas block"
+    committed = (ROOT / "results" / "mnist" / "atlas.md").read_text().splitlines()
+    rows = [line for line in m.group(1).strip().splitlines()]
+    assert rows[0] == committed[0] and len(rows) >= 2 + 11  # the header, and every registered optimizer
+    for row in rows[2:]:
+        assert row in committed, row
+
+
+def test_twin_rules_are_the_registrys():
+    """Each optimizer's twin rule and its reason, as the README lists them, are those registered in qatrun.optim."""
+    from qatrun.optim import OPTIMIZERS
+
+    m = re.search(r"<!-- rules:begin[^>]*-->\n(.*?)<!-- rules:end -->", README, re.S)
+    assert m, "README has no twin-rule block"
+    listed = {}
+    for line in m.group(1).strip().splitlines():
+        rule, names, why = re.fullmatch(r"\* \*\*(\w+)\*\* \(([^)]*)\): (.*)", line).groups()
+        listed[rule] = (set(re.findall(r"`(\w+)`", names)), why)
+    for rule, (names, why) in listed.items():
+        assert names == {n for n in OPTIMIZERS.names() if OPTIMIZERS.meta(n)["twin_rule"] == rule}, rule
+        for n in names:
+            assert OPTIMIZERS.meta(n)["why"].startswith(why.split(" (")[0]), (n, why)
+    assert set(listed) == {OPTIMIZERS.meta(n)["twin_rule"] for n in OPTIMIZERS.names()}
