@@ -120,11 +120,12 @@ def settings(items: list[tuple[str, dict]]) -> list[str]:
         modal = {k: Counter(repr(c.get(k)) for c in confs).most_common(1)[0][0] for k in keys}
         for i, c in zip(idx, confs):
             diff = [k for k in keys if repr(c.get(k)) != modal[k]]
-            out[i] = " ".join(f"{_short(k)}={_fmt(c.get(k))}" for k in diff)
+            out[i] = " ".join(f"{_short(k)}={fmt(c.get(k))}" for k in diff)
     return out
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
+    """A config value in a label: floats in their shortest form (``0.001``), the rest as written."""
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from qatrun.config import flatten, is_operational, with_added
 from qatrun.metricnames import upgrade_summary
 
-from .names import NAMED_BY_PAIR, pair_words
+from .names import NAMED_BY_PAIR, fmt, pair_words
 
 BARE = ("experiment_name", "optimizer.name", "pair.twin", "estimator.name", "twin_estimator.name")  # bare values in labels
 ALWAYS = ("optimizer.name", "pair.twin")  # always in automatic labels (unless named experiments differ)
@@ -224,10 +224,6 @@ def uninformative(runs: list[Run]) -> set:
 
 def sort_key(v) -> tuple:
     return (0, float(v), "") if isinstance(v, (int, float)) and v is not None else (1, 0.0, str(v))
-
-
-def fmt(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def label_keys(groups: list[dict], drop=frozenset()) -> list[str]:
