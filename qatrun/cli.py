@@ -76,9 +76,11 @@ def _main(cfg: DictConfig) -> float | None:
     from qatrun.stop import Interrupted
 
     if multirun and (twin := finished_twin(cfg, run_dir)) is not None:  # a sweep run again: not retrained
-        print(f"qatrun: job {hc.job.num} [{hc.job.override_dirname}] is the same run as {twin.parent} "
+        where = "finished already" if twin.parent == run_dir else f"is the same run as {twin.parent}"
+        print(f"qatrun: job {hc.job.num} [{hc.job.override_dirname}] {where} "
               f"(fingerprint {json.loads(twin.read_text())['fingerprint']}): not retrained", file=sys.stderr)
-        (run_dir / SAME_AS).write_text(f"{twin.parent}\n")
+        if twin.parent != run_dir:
+            (run_dir / SAME_AS).write_text(f"{twin.parent}\n")
         return json.loads(twin.read_text()).get("pair/quantized_agreement")
     try:
         summary = execute(cfg, run_dir)
@@ -107,25 +109,33 @@ SAME_AS = "same_as.txt"
 
 def finished_twin(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The summary.json of a finished job of the same sweep with this job's fingerprint (re-running a sweep
-    with one more value shifts the job numbers; the finished points are found by what they computed)."""
+    with one more value shifts the job numbers; the finished points are found by what they computed): this
+    job's own first. A finished point is not even reopened: its checkpoint may predate a state format that
+    can no longer be continued (the compressed rule of issue #21), and its figures stand as computed."""
     from omegaconf import OmegaConf
 
     from qatrun.config import fingerprint
     from qatrun.train import provenance
 
-    if (run_dir / "summary.json").exists():
-        return None  # this very job finished: it re-runs as a resume, which changes nothing
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("resume", None)
     mine = fingerprint(config, provenance(config))
+    own = run_dir / "summary.json"
+    if own.exists():  # this very job: not retrained if it computed this; else it continues as a resume
+        return own if _finished_with(own, mine) else None
     for p in sorted(run_dir.parent.glob("*/summary.json")):
-        try:
-            s = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
-        if p.parent != run_dir and isinstance(s, dict) and s.get("fingerprint") == mine and not s.get("diverged"):
+        if _finished_with(p, mine):
             return p
     return None
+
+
+def _finished_with(summary: Path, fingerprint: str) -> bool:
+    """Whether ``summary`` is a readable, undiverged result with this fingerprint."""
+    try:
+        s = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(s, dict) and s.get("fingerprint") == fingerprint and not s.get("diverged")
 
 
 def record_failure(run_dir: Path, hc, message: str, details: str = "") -> None:

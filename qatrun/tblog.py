@@ -4,6 +4,7 @@ the resolved config as text, the Custom Scalars layout, and the final figures th
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -63,7 +64,8 @@ def clean(params: dict) -> dict:
 def write_experiment(log_dir, runs: list[dict], metrics: list[str]) -> None:
     """One HParams experiment for a set of runs (a sweep: each run's ``hparams`` from its summary.json) in
     ``log_dir``: every key, those whose value differs between the runs marked ``differs`` (TensorBoard lists
-    and checks them first), the metrics in the given order (the headline first)."""
+    and checks them first), the metrics in the given order (the headline first). The folder holds only it: an
+    earlier experiment there (the sweep before it was run again) is replaced."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     keys = list(dict.fromkeys(k for r in runs for k in r))
@@ -74,5 +76,7 @@ def write_experiment(log_dir, runs: list[dict], metrics: list[str]) -> None:
     for info in data.experiment.hparam_infos:
         info.differs = differs.get(info.name, False)
     exp.value[0].metadata.plugin_data.content = data.SerializeToString()
+    for old in Path(log_dir).glob("events.out.tfevents.*"):  # a sweep run again: its experiment replaces the last
+        old.unlink()
     with SummaryWriter(str(log_dir)) as w:
         w._get_file_writer().add_summary(exp)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from qatrun import checkpoint as ckpt
-from qatrun.files import lock_dir, unlock_dir
+from qatrun.files import LOCK, lock_dir, unlock_dir
 from qatrun.train import TrainingError, train
 from tests.conftest import TINY, make_cfg
 from tests.test_reliability import CLI, cli, finished_run
@@ -92,6 +92,25 @@ def test_a_sweep_run_again_with_one_more_value_trains_only_the_new_point(tmp_pat
     rows = [l for l in table.splitlines() if l.startswith("|") and "---" not in l][1:]
     assert len(rows) == 1 and "±" in rows[0]  # one comparison of three distinct seeds, never a duplicate
 
+
+
+@pytest.mark.slow
+def test_a_finished_sweep_point_run_again_is_not_reopened(tmp_path):
+    """Its pair state is not even loaded: one written before the compressed rule changed (issue #21) cannot
+    be continued, and the point stands as computed; every file of it but Hydra's own stays as it was."""
+    sweep = tmp_path / "sweep"
+    first = cli("-m", *SHORT, "seed=1,2", f"hydra.sweep.dir={sweep}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    point = sweep / "0_seed=1"
+    blob = ckpt.load(point / ckpt.NAME)
+    blob["state"]["pair"]["tracker"]["a.chash_before"] = torch.zeros(1)  # the older format's key: a resume fails
+    ckpt.save(point, blob["step"], blob["config"], blob["state"], blob["provenance"])
+    keep = lambda: {k: v for k, v in snapshot(point).items() if not k.startswith(".hydra") and k != LOCK}  # noqa: E731
+    before = keep()
+    again = cli("-m", *SHORT, "seed=1,2", f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.count("finished already") == 2 and "is the same run as" not in again.stderr
+    assert keep() == before and not (point / "error.txt").exists() and not (point / "same_as.txt").exists()
 
 def test_a_full_disk_names_its_cause_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     import errno

@@ -118,3 +118,11 @@ def test_the_sweep_writes_its_experiment_from_the_summaries(tmp_path):
     (exp,) = _experiment(tmp_path / HPARAMS_DIR)
     assert {h.name for h in exp.hparam_infos if h.differs} == {"seed"}
     assert exp.metric_infos[0].name.tag == HEADLINE
+    d = tmp_path / "2_lr=0.02"  # the sweep run again with one more point: one experiment, the new one
+    write_run(d, lr=0.02, seed=0, weights=False)
+    s = json.loads((d / "summary.json").read_text())
+    s["hparams"] = {"estimator": "tanh(k=5.5)", "lr": 0.02, "seed": 0, "k": np.nan}
+    (d / "summary.json").write_text(json.dumps(s))
+    hparams_experiment(tmp_path)
+    (exp,) = _experiment(tmp_path / HPARAMS_DIR)
+    assert {h.name for h in exp.hparam_infos if h.differs} == {"seed", "lr"}
