@@ -151,4 +151,4 @@ fi
 
 wall=$(( $(date +%s) - start ))
 OUT="$out" REPORT="$REPORT" bash "$0" report
-echo "$mode suite ($BLOCKS): $wall s of training on $(nproc) cores; report in $out" | tee -a "$out/WALLTIME.txt"
+echo "$mode suite ($BLOCKS): $wall s of training on $(nproc --all) cores ($(nproc) threads); report in $out" | tee -a "$out/WALLTIME.txt"

@@ -114,3 +114,16 @@ def test_rprop_ignores_its_lr_under_the_warm_up():
         outs.append(w.detach().clone())
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], torch.ones(3))  # moved, alike
     assert not torch.equal(outs[1], outs[2])  # without the warm-up the lr counts
+
+
+def test_every_label_of_the_atlas_figure_lies_inside_it(tmp_path):
+    from qatrun.report.atlas import fig_atlas
+
+    tree(tmp_path)
+    fig = fig_atlas(atlas(find_runs([tmp_path], [])))
+    fig.canvas.draw()
+    drawn, page = fig.get_tightbbox(fig.canvas.get_renderer()), fig.bbox_inches  # inches, what is drawn
+    assert fig.axes[2].get_title().startswith("lr slope")
+    # a title or label past the edge is cut off in the PNG (1/100 inch of slack)
+    assert page.x0 - 0.01 <= drawn.x0 and drawn.x1 <= page.x1 + 0.01 and page.y0 - 0.01 <= drawn.y0 \
+        and drawn.y1 <= page.y1 + 0.01, (drawn, page)

@@ -123,7 +123,7 @@ def fig_atlas(rows: list[dict]):
         if s is not None and math.isfinite(s):
             axes[2].barh(y[k], s, color=OKABE_ITO[0], height=0.5)
     axes[2].axvline(0, color="0.4", lw=0.8)
-    axes[2].set(title="lr slope of 1 − agreement", xlabel="log-log slope (predicted pair)")
+    axes[2].set(title="lr slope\n(predicted pair)", xlabel="log-log slope\nof 1 − agreement")
     axes[0].set_yticks(list(y.values()), [f"{o} {s}".strip() + f" ({next(r['rule'] for r in rows if r['optimizer'] == o)})"
                                           for o, s in y])
     handles, labels = axes[0].get_legend_handles_labels()
