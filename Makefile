@@ -46,7 +46,7 @@ docs: install  ## serve the documentation site at http://127.0.0.1:8000 (mkdocs 
 bench: install  ## benchmark the pair against plain PyTorch (writes results/bench.json)
 	$(VENV)/bin/qatrun-bench $(ARGS)
 
-reproduce-mnist: install  ## full MNIST suite (232 runs, about 6 h on 2 CPU cores; ARGS=device=cuda on a GPU)
+reproduce-mnist: install  ## full MNIST suite (236 runs, about 6.5 h on 2 CPU cores; ARGS=device=cuda on a GPU)
 	bash scripts/reproduce_mnist.sh full $(ARGS)
 
 reproduce-mnist-quick: install  ## reduced MNIST suite (37 runs of 40 steps, about 35 min on CPU)

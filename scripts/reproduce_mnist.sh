@@ -57,7 +57,7 @@ BLOCKS=${BLOCKS:-$all_blocks}
 runs=$out/runs
 mkdir -p "$runs"
 start=$(date +%s)
-block() {  # block NAME OVERRIDES...: one multirun into runs/NAME (re-running resumes finished jobs)
+block() {  # block NAME OVERRIDES...: one multirun into runs/NAME (re-running skips finished jobs, resumes the others)
   local name=$1; shift
   [[ " $BLOCKS " == *" $name "* ]] || return 0
   local t0; t0=$(date +%s)
@@ -111,6 +111,9 @@ if [[ " $BLOCKS " == *" resnet18 "* ]]; then
   saved=("${size[@]}"); size=("${resnet[@]}")
   block resnet18 seed="${RESNET_SEEDS:-0,1,2}" experiment=sgd,warp_lr,sgd_nowarp,jitter,adam experiment_name=resnet18
   BLOCKS="resnet18_adam_jitter" block resnet18_adam_jitter seed=0 experiment=adam_jitter experiment_name=resnet18
+  # lr 0.01 gives no verdict (the jitter floor sits below the untrained twin); is the floor higher at a 10x smaller lr?
+  BLOCKS="resnet18_lr" block resnet18_lr seed=0 optimizer.lr=0.001 experiment=sgd,warp_lr,sgd_nowarp,jitter \
+    experiment_name=resnet18
   size=("${saved[@]}")
 fi
 

@@ -87,6 +87,7 @@ def test_the_optimizer_atlas_runs_every_registered_optimizer_at_its_lr_and_3x(tm
 
 def test_the_resnet_block_runs_every_comparison_with_three_seeds(tmp_path):
     calls, _ = run(tmp_path, "full", "resnet18")
-    main, adam_jitter = calls
+    main, adam_jitter, low = calls
     assert "seed=0,1,2 experiment=sgd,warp_lr,sgd_nowarp,jitter,adam" in main and "model=resnet18" in main
     assert "experiment=adam_jitter" in adam_jitter and "model=resnet18" in adam_jitter
+    assert "optimizer.lr=0.001 experiment=sgd,warp_lr,sgd_nowarp,jitter" in low and "model=resnet18" in low
