@@ -76,12 +76,13 @@ def _main(cfg: DictConfig) -> float | None:
     from qatrun.stop import Interrupted
 
     if multirun and (twin := finished_twin(cfg, run_dir)) is not None:  # a sweep run again: not retrained
+        done = json.loads(twin.read_text())
         where = "finished already" if twin.parent == run_dir else f"is the same run as {twin.parent}"
         print(f"qatrun: job {hc.job.num} [{hc.job.override_dirname}] {where} "
-              f"(fingerprint {json.loads(twin.read_text())['fingerprint']}): not retrained", file=sys.stderr)
+              f"(fingerprint {done['fingerprint']}): not retrained", file=sys.stderr)
         if twin.parent != run_dir:
             (run_dir / SAME_AS).write_text(f"{twin.parent}\n")
-        return json.loads(twin.read_text()).get("pair/quantized_agreement")
+        return done.get("pair/quantized_agreement")
     try:
         summary = execute(cfg, run_dir)
     except Interrupted as exc:  # the whole command stops, a sweep too; the job resumes when run again

@@ -12,6 +12,7 @@ least two optimizers (``--atlas KEY=VALUE`` picks the runs, e.g. ``experiment_na
 from __future__ import annotations
 
 import math
+
 import matplotlib.pyplot as plt
 import numpy as np
 
