@@ -1,8 +1,10 @@
 """torchrun support: one process per GPU (or CPU process with gloo), rank 0 writes everything.
 
-Under ``torchrun`` (``WORLD_SIZE > 1``) both runs of the pair are wrapped in
-DistributedDataParallel; every rank takes its equal slice of the same global batch, so the
-averaged gradients equal the single-process gradient of the global batch.
+Under ``torchrun`` every process joins the process group (NCCL on CUDA, gloo on the CPU), also
+``--nproc_per_node=1``, so one process checks the whole distributed path, and both runs of the pair
+are wrapped in DistributedDataParallel; every rank takes its equal slice of the same global batch,
+so the averaged gradients equal the single-process gradient of the global batch. A plain
+``python -m qatrun`` (no torchrun, ``WORLD_SIZE`` unset or 1) stays one process without a group.
 """
 
 from __future__ import annotations
@@ -13,8 +15,23 @@ import torch
 import torch.distributed as dist
 
 
+def launched() -> bool:
+    """Started by torchrun (its ``TORCHELASTIC_RUN_ID``) or by another launcher with ``WORLD_SIZE > 1``."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    """This process is in a process group: the collectives and DDP below run."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return dist.get_world_size() if active() else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def backend() -> str | None:
+    """The process group's backend (``nccl``, ``gloo``), None in a single process."""
+    return str(dist.get_backend()) if active() else None
 
 
 def rank() -> int:
@@ -27,7 +44,7 @@ def is_main() -> bool:
 
 def setup(device_name: str) -> torch.device | None:
     """Join the process group when launched by torchrun; returns this rank's device (None: single process)."""
-    if world() <= 1:
+    if not launched():
         return None
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if not dist.is_initialized():
@@ -40,7 +57,7 @@ def setup(device_name: str) -> torch.device | None:
 
 
 def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    if world() <= 1:
+    if not active():
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -49,7 +66,7 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 def mean(t: torch.Tensor) -> torch.Tensor:
     """All-reduce mean across ranks (identity in a single process)."""
-    if world() > 1:
+    if active():
         t = t.clone()
         dist.all_reduce(t)
         t /= world()
@@ -58,7 +75,7 @@ def mean(t: torch.Tensor) -> torch.Tensor:
 
 def sum_(t: torch.Tensor) -> torch.Tensor:
     """All-reduce sum across ranks (identity in a single process)."""
-    if world() > 1:
+    if active():
         t = t.clone()
         dist.all_reduce(t)
     return t
@@ -66,17 +83,17 @@ def sum_(t: torch.Tensor) -> torch.Tensor:
 
 def min_(t: torch.Tensor) -> torch.Tensor:
     """All-reduce minimum across ranks (identity in a single process)."""
-    if world() > 1:
+    if active():
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return t
 
 
 def barrier() -> None:
-    if world() > 1:
+    if active():
         dist.barrier()
 
 
 def teardown() -> None:
-    if dist.is_initialized():
+    if active():
         dist.destroy_process_group()

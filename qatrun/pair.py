@@ -207,7 +207,7 @@ class Pair:
                 agg.update(logits[0], logits[-1], y, losses[0], losses[-1])
         for m in self.models:
             m.train()
-        if dist.world() > 1:
+        if dist.active():
             agg.reduce(dist.sum_, device)
         r = to_host(agg.compute())
         out = {"est/test_acc": r["acc_a"], "est/test_loss": r["loss_a"]}

@@ -213,6 +213,7 @@ def _train(cfg: DictConfig, run_dir: Path, held: list) -> dict:
     summary = summarize(pair, steps, cfg.seed, final_eval, rec.history, config)
     summary["quantized_layers"] = list(spec.quantized)
     summary["fp32_precision"] = fp32_precision() if device.type == "cuda" else None
+    summary["distributed"] = {"backend": dist.backend(), "world_size": dist.world()} if dist.active() else None
     why = divergence(rec.history, summary, pair.runs, spec.shape.num_classes)
     summary["diverged"], summary["diverged_why"] = why is not None, why
     metrics = {k: summary[k] for k in headline_first(k for k in summary if "/" in k)}
