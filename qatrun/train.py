@@ -32,6 +32,7 @@ from qatrun.metricnames import headline_first, printed
 from qatrun.metrics import pearson
 from qatrun.metrics.function import MIN_CURVE_POINTS
 from qatrun.metrics.common import to_host
+from qatrun.models.deterministic import deterministic_pooling
 from qatrun.pair import Pair, build_run
 from qatrun.spec import RunSpec, build as build_spec, build_estimators, group, select_device  # noqa: F401 (re-exported)
 from qatrun.record import LAYOUT, Recorder
@@ -57,6 +58,8 @@ def pair_from_spec(cfg: DictConfig, spec: RunSpec, device, steps: int, measure: 
     """The pair described by ``spec`` (``qatrun.spec.build``), on ``device``, for ``steps`` steps."""
     model = build_run(spec.model, spec.shape.num_classes, spec.estimator, cfg.seed, spec.he_init,
                       spec.shape.input_shape, spec.quantize_linear, **spec.model_options)
+    if cfg.deterministic and torch.device(device).type == "cuda":  # no deterministic CUDA kernel for the original
+        deterministic_pooling(model)
     return Pair(model.to(device), spec.estimator, spec.twin, optimizer=spec.optimizer, lr=spec.lr,
                 optimizer_options=dict(spec.optimizer_options), steps=steps, warmup_frac=cfg.trainer.warmup_frac,
                 precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,

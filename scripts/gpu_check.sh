@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# GPU check, one H100/H200 in about 6 minutes, compilation included, with no network: the CUDA tests, a
-# ResNet-50 bf16 pair on synthetic data, a small-CNN MNIST pair on the GPU, and the ResNet-50 bf16
-# benchmark (compiled pair vs compiled plain float). One line of figures per check; logs in $OUT.
+# GPU check, one H100/H200, with no network: every row of the issue "On a lent GPU", one table.
 #
-#   bash scripts/gpu_check.sh            # on the GPU machine, from anywhere
-#   bash scripts/gpu_check.sh --dry-run  # on a CPU: the same install and data path, a 2-step CPU pair
+#   bash scripts/gpu_check.sh            # on the GPU machine, from anywhere (at most 8 minutes: BUDGET)
+#   bash scripts/gpu_check.sh --dry-run  # on a CPU: the same rows, tiny (2 steps, a CPU bench, gloo)
+#   ROWS="torchrun r50-compiled" bash scripts/gpu_check.sh   # only those rows (a second try)
+#
+# Rows, in this order (the cheap ones first): tests (every test with cuda in its name), mnist (the
+# MNIST pair on the GPU, 100 steps, its quantized agreement within 0.002 of the same config on this
+# machine's CPU, run beside it), determinism (deterministic=true twice: byte-identical summary.json),
+# torchrun (torchrun --nproc_per_node=1: one paired step in an NCCL group of one), small128 (the
+# bench's small-CNN cases: batch 128, pair against ONE eager plain float step, target 0.8x, which
+# needs CUDA graphs; and batch 600), r50-eager and r50-compiled (the bench's ResNet-50 bf16
+# channels_last batch-256 pair, eager and compile=true: ms/step, images/s and peak memory; compiled
+# against the compiled plain float step, target 2.1x). The table ($OUT/table.md, kept as
+# results/gpu/<gpu-name>.md) has each row's figures and verdict (scripts/gpu_rows.py); logs and JSON
+# lie beside it in $OUT. Every row has a time limit, and the rows together stay under $BUDGET
+# seconds (default 480: room in a 15-minute lease for a second try); a row that would start too late
+# is SKIPPED. Exit 0: every row PASS or measured; 1: some row not; 2: the setup failed.
 #
 # What the GPU machine lacks travels in the ignored folder .gpu/ of the checkout (carry it):
 #
 #   mkdir -p .gpu/mnist
 #   cp ../shared/device-wheels/*.whl .gpu/           # hydra-core, omegaconf, antlr4, setuptools, wheel
 #   cp ../shared/device-wheels/mnist/*.gz .gpu/mnist/  # MNIST, 11 MB (see below)
+#   git rev-parse --short HEAD > .gpu/commit          # the table names the commit (no .git travels)
 #
 # MNIST: the four idx files train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte,
 # t10k-labels-idx1-ubyte, gzip-compressed (NAME.gz, as torchvision and yann.lecun.com ship them) or
@@ -32,17 +45,6 @@ export QATRUN_DATA=${QATRUN_DATA:-/tmp/qatrun-data}
 out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"; out=$(cd "$out" && pwd)
 t_start=$(date +%s)
 line() { printf '%-28s %s\n' "$1" "$2"; }
-figures() {  # the figures KEY... of the summary.json $1, on one line
-  $PY - "$@" <<'PYEOF'
-import json, sys
-try:
-    s = json.load(open(sys.argv[1]))
-except OSError:
-    print("no summary.json: see the run's log")
-    sys.exit(0)
-print(", ".join(f"{k} {s[k]:.4f}" if isinstance(s.get(k), float) else f"{k} {s.get(k)}" for k in sys.argv[2:]))
-PYEOF
-}
 die() { echo "gpu_check: $*" >&2; exit 2; }
 elapsed() { echo "$(( $(date +%s) - t_start )) s"; }
 
@@ -83,56 +85,114 @@ for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte 
 done
 line "mnist files" "$raw"
 
-R50=(dataset=synthetic model=resnet50 precision=bf16 channels_last=true dataset.batch_size=256
-     trainer.max_steps=100 trainer.log_every=50 trainer.eval_every=100 trainer.checkpoint_every=100
-     trainer.progress=false device=cuda)
-MNIST=(device=cuda trainer.progress=false dataset.download=false)
-BENCH=(--cases gpu-r50-bf16 --skip single --warmup 3 --steps 10 --rounds 3)
+commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || cat "$GPU_DIR/commit" 2>/dev/null || echo unknown)
+ROWS=${ROWS:-tests mnist determinism torchrun small128 r50-eager r50-compiled}
+BUDGET=${BUDGET:-480}
+table="$out/table.md"
+rm -f "$table"
+if [ $dry = 1 ]; then
+  DEV=cpu BACKEND=gloo STEPS=2 device="CPU (dry run)"
+  SHORT=(trainer.log_every=1 trainer.eval_every=2 trainer.checkpoint_every=2)
+  BENCH=(--compiled off --batch 8 --warmup 0 --steps 1 --rounds 1 --no-profile)
+else
+  DEV=cuda BACKEND=nccl STEPS=100
+  device=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
+  SHORT=()
+  BENCH=(--skip single --warmup 3 --steps 10 --rounds 3)
+fi
+MNIST=(trainer.progress=false dataset.download=false trainer.max_steps=$STEPS "${SHORT[@]}")
+ONE=(trainer.progress=false dataset.download=false trainer.max_steps=1 trainer.log_every=1 trainer.eval_every=1
+     trainer.checkpoint_every=1)
 # Every test with cuda in its name, slow or not (they are quick on a GPU); from outside the checkout.
 CUDA_TESTS=(-m pytest -q -p no:cacheprovider --import-mode=append --rootdir "$repo" -c "$repo/pyproject.toml"
             --continue-on-collection-errors -k cuda "$repo/tests")
+versions=$($PY -c "import torch; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}')")
+{
+  echo "# GPU check: ${device:-unknown device}"
+  echo
+  echo "\`bash scripts/gpu_check.sh$([ $dry = 1 ] && echo ' --dry-run')\` on commit $commit, $(date -u +%Y-%m-%dT%H:%MZ);"
+  echo "$versions, Python $($PY -c 'import platform; print(platform.python_version())'), $(nproc) CPU threads."
+  echo "Rows: $ROWS."
+  echo
+} > "$table"
+echo "gpu: ${device:-unknown}; $versions"
 
-if [ $dry = 1 ]; then  # the GPU runs' configs compose; a 2-step CPU pair on the carried MNIST; the bench
-  for name in R50 MNIST; do
-    declare -n ov=$name
-    $PY -m qatrun "${ov[@]}" --cfg job > "$out/compose_$name.log" 2>&1 || die "$name overrides do not compose: $out/compose_$name.log"
-  done
-  $PY -m qatrun device=cpu trainer.progress=false dataset.download=false trainer.max_steps=2 trainer.log_every=1 \
-    trainer.eval_every=2 trainer.checkpoint_every=2 hydra.run.dir="$out/mnist_dry" > "$out/mnist_dry.log" 2>&1 \
-    || die "the CPU pair on the carried MNIST failed: $out/mnist_dry.log"
-  line "mnist cpu pair (dry run)" "$(figures "$out/mnist_dry/summary.json" steps pair/quantized_agreement)"
-  $PY -m qatrun.bench --cases cpu-small --compiled off --batch 8 --warmup 0 --steps 1 --rounds 1 --no-profile --quiet \
-    --out "$out/bench_dry.json" > "$out/bench_dry.log" 2>&1 || die "the bench failed: $out/bench_dry.log"
-  line "bench (dry run)" "$out/bench_dry.json"
-  $PY "${CUDA_TESTS[@]}" > "$out/cuda_tests_dry.log" 2>&1 || die "the cuda tests do not collect: $out/cuda_tests_dry.log"
-  line "cuda tests (dry run)" "$(tail -1 "$out/cuda_tests_dry.log")"
-  line "dry run done" "$(elapsed)"
-  exit 0
+want() { [[ " $ROWS " == *" $1 "* ]]; }
+timed() {  # timed LIMIT LOG CMD...: CMD under a time limit cut to what the budget has left; sets rc and secs
+  local limit=$1 log=$2 left=$(( BUDGET - $(date +%s) + t_start )); shift 2
+  [ $left -lt $limit ] && limit=$left
+  local t0=$(date +%s)
+  if [ $limit -lt 15 ]; then
+    echo "not started: ${left} s of the ${BUDGET} s budget left" > "$log"; rc=125
+  else
+    timeout "$limit" "$@" > "$log" 2>&1; rc=$?
+  fi
+  secs=$(( $(date +%s) - t0 ))
+  return $rc
+}
+row() { $PY "$repo/scripts/gpu_rows.py" "$table" "$@"; }  # row KIND NAME RC SECONDS LOG [ARGS...]
+
+# The CPU reference of the MNIST row trains beside the GPU rows, on half the cores.
+if want mnist; then
+  ( OMP_NUM_THREADS=$(( $(nproc) > 1 ? $(nproc) / 2 : 1 )) timeout 400 $PY -m qatrun device=cpu "${MNIST[@]}" \
+      hydra.run.dir="$out/mnist_cpu" > "$out/mnist_cpu.log" 2>&1; echo $? > "$out/mnist_cpu.rc" ) &
+  cpu_ref=$!
 fi
 
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1 | sed 's/^/gpu: /'
+if want tests; then
+  timed 150 "$out/cuda_tests.log" $PY "${CUDA_TESTS[@]}"
+  row tests "cuda tests" $rc $secs "$out/cuda_tests.log"
+fi
 
-# Each check has a time limit, so that one that hangs cannot eat the others' minutes.
-timeout 120 $PY "${CUDA_TESTS[@]}" > "$out/cuda_tests.log" 2>&1
-line "cuda tests" "$(tail -1 "$out/cuda_tests.log") ($(elapsed))"
+if want mnist; then
+  timed 120 "$out/mnist.log" $PY -m qatrun device=$DEV "${MNIST[@]}" hydra.run.dir="$out/mnist"
+  t0=$(date +%s); gpu_rc=$rc gpu_secs=$secs
+  wait $cpu_ref; cpu_rc=$(cat "$out/mnist_cpu.rc" 2>/dev/null || echo 1)
+  log="$out/mnist.log"; [ $gpu_rc = 0 ] && [ $cpu_rc != 0 ] && log="$out/mnist_cpu.log" rc=$cpu_rc
+  row agreement "mnist pair $DEV vs cpu" $rc $(( gpu_secs + $(date +%s) - t0 )) "$log" \
+    "$out/mnist/summary.json" "$out/mnist_cpu/summary.json" 0.002
+fi
 
-t0=$(date +%s.%N)
-timeout 120 $PY -m qatrun "${R50[@]}" hydra.run.dir="$out/resnet50" > "$out/resnet50.log" 2>&1
-t1=$(date +%s.%N)
-line "resnet50 bf16 pair" "$($PY - "$out/resnet50/summary.json" "$t0" "$t1" <<'PYEOF'
-import json, sys
-try:
-    s = json.load(open(sys.argv[1]))
-except OSError:
-    sys.exit("no summary.json: see resnet50.log")
-wall = float(sys.argv[3]) - float(sys.argv[2])
-print(f"{100 * 256 / wall:.0f} img/s per pair (incl. start-up), agreement {s['pair/quantized_agreement']:.4f}")
-PYEOF
-) ($(elapsed))"
+if want determinism; then  # the two runs side by side on one device: deterministic all the same
+  t0=$(date +%s)
+  timed 120 "$out/determinism_b.log" $PY -m qatrun device=$DEV deterministic=true "${MNIST[@]}" \
+    hydra.run.dir="$out/determinism_b" &
+  timed 120 "$out/determinism_a.log" $PY -m qatrun device=$DEV deterministic=true "${MNIST[@]}" \
+    hydra.run.dir="$out/determinism_a"
+  rc_a=$rc; wait $!; rc=$?; [ $rc_a != 0 ] && rc=$rc_a
+  row identical "deterministic=true twice" $rc $(( $(date +%s) - t0 )) "$out/determinism_a.log" \
+    "$out/determinism_a/summary.json" "$out/determinism_b/summary.json"
+fi
 
-timeout 90 $PY -m qatrun "${MNIST[@]}" hydra.run.dir="$out/mnist" > "$out/mnist.log" 2>&1
-line "mnist small-cnn pair" "$(figures "$out/mnist/summary.json" pair/quantized_agreement est/test_acc) ($(elapsed))"
+if want torchrun; then
+  timed 90 "$out/torchrun.log" $PY -m torch.distributed.run --nproc_per_node=1 --master_port=29533 \
+    -m qatrun device=$DEV "${ONE[@]}" hydra.run.dir="$out/torchrun"
+  row distributed "torchrun, 1 process" $rc $secs "$out/torchrun.log" "$out/torchrun/summary.json" $BACKEND
+fi
 
-# One ResNet-50 case, single skipped: three compiles (plain, the run, its twin) and one cached recompile.
-timeout 260 $PY -m qatrun.bench "${BENCH[@]}" --out "$out/bench.json" > "$out/bench.log" 2>&1
-line "bench" "see $out/bench.log ($(elapsed))"; grep -E "PASS|FAIL|n/a |ms/step|plain|pair" "$out/bench.log" | tail -16
+if [ $dry = 1 ]; then  # the bench rows' code on the CPU case, eager, tiny
+  if want small128; then
+    timed 300 "$out/bench_dry.log" $PY -m qatrun.bench --cases cpu-small "${BENCH[@]}" --out "$out/bench_dry.json"
+    row bench "bench cpu-small (dry run)" $rc $secs "$out/bench_dry.log" "$out/bench_dry.json" cpu-small
+  fi
+else
+  if want small128; then
+    timed 180 "$out/bench_small.log" $PY -m qatrun.bench --cases gpu-small128,gpu-small600 "${BENCH[@]}" \
+      --out "$out/bench_small.json"
+    for b in 128 600; do
+      row bench "small-cnn b$b pair, compiled" $rc $secs "$out/bench_small.log" "$out/bench_small.json" gpu-small$b
+    done
+  fi
+  if want r50-eager; then
+    timed 150 "$out/bench_r50_eager.log" $PY -m qatrun.bench --cases gpu-r50-bf16 --qat-compile off --compiled off \
+      "${BENCH[@]}" --out "$out/bench_r50_eager.json"
+    row bench "resnet50 bf16 pair, eager" $rc $secs "$out/bench_r50_eager.log" "$out/bench_r50_eager.json" gpu-r50-bf16
+  fi
+  if want r50-compiled; then  # three compiles: plain, the run, its twin
+    timed 300 "$out/bench_r50.log" $PY -m qatrun.bench --cases gpu-r50-bf16 "${BENCH[@]}" --out "$out/bench_r50.json"
+    row bench "resnet50 bf16 pair, compile=true" $rc $secs "$out/bench_r50.log" "$out/bench_r50.json" gpu-r50-bf16
+  fi
+fi
+
+line "done" "$(elapsed); table $table"
+$PY "$repo/scripts/gpu_rows.py" --verdicts "$table"

@@ -123,3 +123,61 @@ def test_zero_init_residual():
     assert all((b.bn2.weight == 0).all() for b in (model.layer1[0], model.layer4[1]))
     model = build_model("resnet50", 10, zero_init_residual=True)
     assert (model.layer2[0].bn3.weight == 0).all()
+
+
+# deterministic=true on CUDA: adaptive average pooling swapped for ops with a deterministic backward
+@pytest.mark.parametrize("shape,out", [((4, 8, 7, 7), 1), ((4, 8, 14, 14), (7, 7)), ((2, 3, 12, 9), (4, 3)),
+                                       ((2, 3, 10, 10), 3), ((2, 3, 6, 10), (None, 5))])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_deterministic_pooling_equals_adaptive_avg_pool(shape, out, channels_last):
+    from qatrun.models.deterministic import DeterministicAdaptiveAvgPool2d
+
+    x = torch.randn(*shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref, got = torch.nn.AdaptiveAvgPool2d(out)(a), DeterministicAdaptiveAvgPool2d(out)(b)
+    assert got.shape == ref.shape and torch.allclose(got, ref, rtol=0, atol=1e-12)
+    w = torch.randn_like(ref)
+    (ref * w).sum().backward()
+    (got * w).sum().backward()
+    assert torch.allclose(b.grad, a.grad, rtol=0, atol=1e-12)
+
+
+def test_deterministic_pooling_swaps_resnet_pool_only_for_deterministic_cuda_runs():
+    from qatrun.models.deterministic import DeterministicAdaptiveAvgPool2d, deterministic_pooling
+    from qatrun.train import build_spec, pair_from_spec
+    from tests.conftest import make_cfg
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, input_shape=(3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    before = model(x)
+    assert deterministic_pooling(model) == ["avgpool"] and isinstance(model.avgpool, DeterministicAdaptiveAvgPool2d)
+    assert torch.allclose(model(x), before, rtol=0, atol=1e-5)
+    assert deterministic_pooling(model) == []  # nothing left to swap
+    # A CPU run, deterministic or not, keeps torch's layer: its numbers stay those of every earlier CPU run.
+    cfg = make_cfg("model=resnet18", "dataset=synthetic", "dataset.image_size=32", "dataset.num_classes=10",
+                   "device=cpu", "deterministic=true", tiny=False)
+    pair = pair_from_spec(cfg, build_spec(cfg), torch.device("cpu"), 2)
+    assert all(type(m.avgpool) is torch.nn.AdaptiveAvgPool2d for m in pair.models)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_deterministic_resnet_run_trains_and_repeats(tmp_path):
+    """A deterministic ResNet-18 run on the GPU takes its steps (torch alone refuses the pool's backward)
+    and gives the same summary twice."""
+    from qatrun.train import train
+    from tests.conftest import make_cfg
+
+    args = ("model=resnet18", "dataset=synthetic", "dataset.image_size=32", "dataset.num_classes=10",
+            "dataset.batch_size=32", "dataset.eval_batch_size=32", "dataset.length=256", "dataset.test_length=64",
+            "device=cuda", "deterministic=true", "trainer.max_steps=4", "trainer.log_every=2", "trainer.eval_every=4",
+            "trainer.progress=false")
+    try:
+        a = train(make_cfg(*args, tiny=False), tmp_path / "a")
+        b = train(make_cfg(*args, tiny=False), tmp_path / "b")
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert a["steps"] == 4 and (tmp_path / "a" / "summary.json").read_bytes() == (tmp_path / "b" / "summary.json").read_bytes()
