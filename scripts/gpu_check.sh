@@ -12,9 +12,10 @@
 # bench's small-CNN cases: batch 128, pair against ONE eager plain float step, target 0.8x, which
 # needs CUDA graphs; and batch 600), r50-eager and r50-compiled (the bench's ResNet-50 bf16
 # channels_last batch-256 pair, eager and compile=true: ms/step, images/s and peak memory; compiled
-# against the compiled plain float step, target 2.1x). The table ($OUT/table.md, kept as
-# results/gpu/<gpu-name>.md) has each row's figures and verdict (scripts/gpu_rows.py); logs and JSON
-# lie beside it in $OUT. Every row has a time limit, and the rows together stay under $BUDGET
+# against the compiled plain float step, target 2.1x). Two files come back in $OUT: table.md (kept as
+# results/gpu/<gpu-name>.md), each row's figures and verdict (scripts/gpu_rows.py), and
+# gpu_check_files.tar.gz, every log, summary.json and bench JSON (no checkpoints) of the working
+# folder $GPU_WORK (default /tmp/gpu_check_work; the device tool brings back 8 files). Every row has a time limit, and the rows together stay under $BUDGET
 # seconds (default 480: room in a 15-minute lease for a second try); a row that would start too late
 # is SKIPPED. Exit 0: every row PASS or measured; 1: some row not; 2: the setup failed.
 #
@@ -42,7 +43,14 @@ PY=${PY:-python3}
 GPU_DIR=${GPU_DIR:-$repo/.gpu}
 SITE=${QATRUN_SITE:-/tmp/qatrun-site}
 export QATRUN_DATA=${QATRUN_DATA:-/tmp/qatrun-data}
-out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"; out=$(cd "$out" && pwd)
+dest=${OUT:-/tmp/gpu_check}; mkdir -p "$dest" && dest=$(cd "$dest" && pwd) || exit 2
+out=${GPU_WORK:-/tmp/gpu_check_work}; rm -rf "$out" && mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
+pack() {  # at exit, also after a failed setup: the table and one archive of the working folder in $dest
+  [ -f "$out/table.md" ] && cp "$out/table.md" "$dest/table.md"
+  tar -czf "$dest/gpu_check_files.tar.gz" -C "$out" --exclude=checkpoint.pt --exclude=weights_sample.pt \
+    --exclude='*.lock' . 2>/dev/null
+}
+trap pack EXIT
 t_start=$(date +%s)
 line() { printf '%-28s %s\n' "$1" "$2"; }
 die() { echo "gpu_check: $*" >&2; exit 2; }

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def _fake_mnist(folder: Path) -> None:
 
 def _run(repo: Path, tmp: Path, tag: str, **more):
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "PY": sys.executable, "OUT": str(tmp / f"out_{tag}"),
-           "QATRUN_SITE": str(tmp / f"site_{tag}"), "QATRUN_DATA": str(tmp / f"data_{tag}"),
+           "QATRUN_SITE": str(tmp / f"site_{tag}"), "QATRUN_DATA": str(tmp / f"data_{tag}"), "GPU_WORK": str(tmp / f"work_{tag}"),
            "KINETO_LOG_LEVEL": "5", **more}
     return subprocess.run(["bash", str(repo / "scripts" / "gpu_check.sh"), "--dry-run"], cwd=tmp, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -82,10 +83,16 @@ def test_gpu_check_dry_run_installs_and_trains_from_carried_files(tmp_path):
     assert rows["deterministic=true twice"] == ("the two summary.json files are byte for byte identical", "PASS")
     assert rows["torchrun, 1 process"][1] == "PASS" and "'backend': 'gloo'" in rows["torchrun, 1 process"][0]
     assert "img/s" in rows["bench cpu-small (dry run)"][0]  # its verdict is the CPU's at batch 8: either
-    summary = json.loads((tmp_path / "out_a" / "mnist" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "work_a" / "mnist" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["config"]["device"] == "cpu"
-    assert json.loads((tmp_path / "out_a" / "torchrun" / "summary.json").read_text())["steps"] == 1
+    assert json.loads((tmp_path / "work_a" / "torchrun" / "summary.json").read_text())["steps"] == 1
     assert "# GPU check: CPU (dry run)" in (tmp_path / "out_a" / "table.md").read_text()
+    # What comes back from the device is $OUT: the table and one archive (the tool returns 8 files at most).
+    assert sorted(p.name for p in (tmp_path / "out_a").iterdir()) == ["gpu_check_files.tar.gz", "table.md"]
+    with tarfile.open(tmp_path / "out_a" / "gpu_check_files.tar.gz") as tar:
+        names = tar.getnames()
+    assert {"./mnist/summary.json", "./mnist_cpu/summary.json", "./torchrun.log", "./bench_dry.json"} <= set(names)
+    assert not [n for n in names if n.endswith("checkpoint.pt")]
     assert res.returncode == (0 if rows["bench cpu-small (dry run)"][1] == "PASS" else 1)
 
     # A second try runs only the rows it names.
@@ -98,7 +105,9 @@ def test_gpu_check_dry_run_installs_and_trains_from_carried_files(tmp_path):
         f.unlink()
     res = _run(repo, tmp_path, "b")
     assert res.returncode == 2 and "MNIST file train-images-idx3-ubyte is neither in" in res.stderr
-    assert not (tmp_path / "out_b" / "mnist").exists()
+    assert not (tmp_path / "work_b" / "mnist").exists()
+    with tarfile.open(tmp_path / "out_b" / "gpu_check_files.tar.gz") as tar:  # the setup's logs still come back
+        assert "./install.log" in tar.getnames()
 
 
 # ----------------------------------------------------------------------------------------------
