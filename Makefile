@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 ARGS   ?=
 NGPU   ?= 1
+WHEELS ?= ../shared/device-wheels
 
-.PHONY: help install run test test-fast docs bench reproduce-mnist reproduce-mnist-quick reproduce-imagenet report-mnist clean
+.PHONY: help install run test test-fast docs bench reproduce-mnist reproduce-mnist-quick reproduce-imagenet report-mnist gpu-carry clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -55,6 +56,12 @@ reproduce-mnist-quick: install  ## reduced MNIST suite (37 runs of 40 steps, abo
 reproduce-imagenet: install  ## ImageNet comparisons, ResNet-50 under torchrun: IMAGENET=/path [NGPU=8] [ARGS=...]
 	@test -n "$(IMAGENET)" || { echo "usage: make reproduce-imagenet IMAGENET=/path/to/imagenet [NGPU=8]" >&2; exit 2; }
 	bash scripts/reproduce_imagenet.sh $(IMAGENET) $(NGPU) $(ARGS)
+
+gpu-carry:  ## fill the ignored .gpu/ for scripts/gpu_check.sh on a machine without network (WHEELS=folder)
+	@test -d "$(WHEELS)/mnist" || { echo "make gpu-carry: $(WHEELS) has no mnist/ folder; WHEELS= names the folder of the wheels (hydra-core, omegaconf, antlr4, setuptools, wheel) and mnist/ (the four idx .gz files)" >&2; exit 2; }
+	mkdir -p .gpu/mnist && cp -f $(WHEELS)/*.whl .gpu/ && cp -f $(WHEELS)/mnist/*.gz .gpu/mnist/
+	git rev-parse --short HEAD > .gpu/commit
+	@echo "make gpu-carry: $$(ls .gpu/*.whl | wc -l) wheels, $$(ls .gpu/mnist | wc -l) MNIST files, commit $$(cat .gpu/commit); carry .gpu"
 
 clean:  ## remove run outputs (not the venv)
 	rm -rf outputs multirun

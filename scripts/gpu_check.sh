@@ -19,7 +19,8 @@
 # seconds (default 480: room in a 15-minute lease for a second try); a row that would start too late
 # is SKIPPED. Exit 0: every row PASS or measured; 1: some row not; 2: the setup failed.
 #
-# What the GPU machine lacks travels in the ignored folder .gpu/ of the checkout (carry it):
+# What the GPU machine lacks travels in the ignored folder .gpu/ of the checkout (carry it);
+# `make gpu-carry` (WHEELS=../shared/device-wheels) fills it, after the last commit:
 #
 #   mkdir -p .gpu/mnist
 #   cp ../shared/device-wheels/*.whl .gpu/           # hydra-core, omegaconf, antlr4, setuptools, wheel
@@ -202,5 +203,5 @@ else
   fi
 fi
 
-line "done" "$(elapsed); table $table"
+line "done" "$(elapsed); $dest/table.md and $dest/gpu_check_files.tar.gz"
 $PY "$repo/scripts/gpu_rows.py" --verdicts "$table"
