@@ -48,10 +48,12 @@ class TrainingError(RuntimeError):
 
 
 def set_determinism(on: bool) -> None:
+    """Both ways: a sweep runs its jobs in one process, and a job after a deterministic one is not (on CUDA
+    it would keep torch's adaptive pooling, whose backward then raises: ``qatrun.models.deterministic``)."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(bool(on))
 
 
 def pair_from_spec(cfg: DictConfig, spec: RunSpec, device, steps: int, measure: bool = True) -> Pair:

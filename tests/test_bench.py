@@ -152,3 +152,30 @@ def test_package_entry_points():
     done = subprocess.run([sys.executable, "-m", "qatrun.bench", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "usage: qatrun-bench" in done.stdout and "--log-every" in done.stdout
+
+
+@pytest.mark.slow
+def test_each_case_is_written_when_measured_so_a_later_failure_keeps_it(tmp_path, monkeypatch):
+    """The JSON is rewritten after every case: the GPU check runs two cases in one call under a time
+    limit, and a second case killed or crashed must not take the first one's figures with it."""
+    real, seen = cli.run_case, []
+
+    def second_fails(case, **kw):
+        seen.append(case.name)
+        if len(seen) == 2:
+            raise RuntimeError("CUDA error: out of memory (a stand-in)")
+        return real(case, **kw)
+
+    monkeypatch.setattr(cli, "run_case", second_fails)
+    out = tmp_path / "bench.json"
+    with pytest.raises(RuntimeError, match="stand-in"):
+        cli.run([TINY[0], "cpu-small,cpu-scale-small", *TINY[2:], "--out", str(out), "--quiet"])
+    d = json.loads(out.read_text())
+    assert seen == ["cpu-small", "cpu-scale-small"] and list(d["cases"]) == ["cpu-small"]
+    r = d["cases"]["cpu-small"]
+    assert [t["case"] for t in d["targets"]] == ["cpu-small"] * len(r["targets"]) and r["targets"]
+    assert r["fp32_precision"] is None  # CPU: no TF32 question (on CUDA: the IEEE settings training uses)
+    # a compiled pair without single_compiled (--skip single_compiled) still formats
+    r["ratios"] = {**r["ratios"], "pair_compiled_over_plain_compiled": 2.0}
+    text = cli.format_case(r)
+    assert "c/a = 2.00x" in text and "b/a" not in text.split("compiled:")[1].split("\n")[0]

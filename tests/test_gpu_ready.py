@@ -312,3 +312,58 @@ def test_compiled_quantized_step_copies_no_more_than_the_float_step(monkeypatch)
     quant_copies = _activation_copies(quant, x, y)
     torch._dynamo.reset()
     assert quant_copies <= float_copies, f"copies of the quantized step only: {quant_copies - float_copies}"
+
+
+def _compiled_vs_eager(device: str, precision: str) -> tuple[float, float]:
+    """One training step of the quantized small CNN in channels_last, eager then ``torch.compile``d, same
+    weights and batch: the largest relative error of the logits and of any parameter's gradient."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=10)
+    quantize_model(model, _estimator("tanh"))
+    model = model.to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(32, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (32,), device=device)
+
+    def step(m):
+        m.zero_grad(set_to_none=True)
+        with torch.autocast(device, torch.bfloat16, enabled=precision == "bf16"):
+            logits = m(x).float()
+        F.cross_entropy(logits, y).backward()
+        return logits.detach(), [p.grad.detach().clone() for p in model.parameters()]
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+    torch._dynamo.reset()
+    logits, grads = step(model)
+    logits_c, grads_c = step(torch.compile(model))
+    return rel(logits_c, logits), max(rel(gc, g) for gc, g in zip(grads_c, grads))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-3), ("bf16", 3e-2)])
+def test_cuda_compiled_channels_last_step_matches_eager(precision, tol):
+    """compile=true with channels_last on the GPU: Inductor may lay the computed weight Q(w) out its own
+    way, and ``QuantizeWeight`` pins it to the float weight's strides (``qatrun/layers.py``); the compiled
+    step's logits and every gradient equal the eager step's (IEEE fp32: TF32 off, as in training)."""
+    prev = set_fp32_precision()
+    try:
+        logit_err, grad_err = _compiled_vs_eager("cuda", precision)
+    finally:
+        restore_fp32_precision(prev)
+    assert logit_err < tol and grad_err < tol, (logit_err, grad_err)
+
+
+def test_determinism_is_switched_off_again_for_the_next_job():
+    """A sweep's jobs share one process: after a deterministic=true job, a deterministic=false one runs
+    without torch's deterministic mode (on CUDA it kept it, with torch's own adaptive pooling, whose
+    backward raises there)."""
+    from qatrun.train import set_determinism
+
+    try:
+        set_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        set_determinism(False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -177,7 +177,7 @@ def test_cuda_deterministic_resnet_run_trains_and_repeats(tmp_path):
             "trainer.progress=false")
     try:
         a = train(make_cfg(*args, tiny=False), tmp_path / "a")
-        b = train(make_cfg(*args, tiny=False), tmp_path / "b")
+        train(make_cfg(*args, tiny=False), tmp_path / "b")
     finally:
         torch.use_deterministic_algorithms(False)
     assert a["steps"] == 4 and (tmp_path / "a" / "summary.json").read_bytes() == (tmp_path / "b" / "summary.json").read_bytes()

@@ -14,7 +14,7 @@ from qatrun.bench.cases import CASES, select_cases
 from qatrun.bench.measure import run_case
 from qatrun.bench.report import device_name, format_case, meta
 from qatrun.bench.scaling import format_scaling, scaling_row
-from qatrun.files import jsonable
+from qatrun.files import jsonable, write_atomic
 
 
 def parse_args(argv=None):
@@ -64,6 +64,7 @@ def run(argv=None) -> dict:
     cases = select_cases(a.cases)
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's "no GPU" error line on CPU-only hosts
     out = {"meta": meta(), "cases": {}}
+    path = Path(a.out)
     texts = []
     for case in cases:
         if a.batch is not None:
@@ -87,20 +88,25 @@ def run(argv=None) -> dict:
         texts.append(format_case(res))
         if not a.quiet:
             print(texts[-1], flush=True)
-    out["targets"] = [dict(case=n, **t) for n, r in out["cases"].items() for t in r["targets"]]
+        write(out, path)  # after every case: a later case that crashes or is killed leaves this one's figures
     rows = [scaling_row(r) for r in out["cases"].values() if r["case"]["scaling"]]
     if rows:
         out["scaling"] = rows
         texts.append(format_scaling(rows))
         if not a.quiet:
             print(texts[-1], flush=True)
-    path = Path(a.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    write(out, path)
     if a.quiet:
         print("\n".join(texts))
     print(f"\nqatrun-bench: wrote {path}")
     return out
+
+
+def write(out: dict, path: Path) -> None:
+    """The JSON so far (the targets of the cases measured so far), replaced atomically."""
+    out["targets"] = [dict(case=n, **t) for n, r in out["cases"].items() for t in r["targets"]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda f: f.write((json.dumps(out, indent=2) + "\n").encode()))
 
 
 def main(argv=None) -> None:

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from qatrun.bench.cases import Case, check_targets
 from qatrun.bench.runners import PlainStep, QatLoop, make_batch, make_cfg, without_compile
 from qatrun.bench.timing import allocated, loadavg, sync
+from qatrun.device import fp32_precision, set_fp32_precision
 from qatrun.train import group
 
 # ----------------------------------------------------------------------------------------------
@@ -340,6 +341,9 @@ def run_case(case: Case, warmup: int = 2, steps: int | None = None, rounds: int 
     """
     device, interleave = _device_and_interleave(case, interleave)
     say = print if verbose else (lambda *a, **k: None)
+    torch._dynamo.reset()  # the case before this one (another batch size) must not make these graphs dynamic
+    if device.type == "cuda":  # what training runs: fp32 is IEEE fp32 (no TF32), set before anything compiles
+        set_fp32_precision()
     cfg = make_cfg(case, log_every, overrides)
     steps = steps if steps is not None else int(cfg.trainer.log_every)
     x, y = make_batch(case, device, cfg.seed)
@@ -360,6 +364,7 @@ def run_case(case: Case, warmup: int = 2, steps: int | None = None, rounds: int 
         **timing_figures(per_round, sec_rounds),
         "loadavg_1min": {"before": load0, "after": load1},
         "notes": notes,
+        "fp32_precision": fp32_precision() if device.type == "cuda" else None,
     }
     say("  memory pass ...", flush=True)
     res["memory"] = memory_figures(runners, device, resident_gpu, res["ratios"])

@@ -47,8 +47,9 @@ def _compiled_ratios(r: dict) -> str:
     """Both steps compiled: pair_compiled / plain_compiled (and single_compiled / plain_compiled)."""
     if "pair_compiled_over_plain_compiled" not in r:
         return ""
-    return (f", compiled: c/a = {r['pair_compiled_over_plain_compiled']:.2f}x, "
-            f"b/a = {r['single_compiled_over_plain_compiled']:.2f}x")
+    single = r.get("single_compiled_over_plain_compiled")  # absent when single_compiled was skipped
+    return (f", compiled: c/a = {r['pair_compiled_over_plain_compiled']:.2f}x"
+            + (f", b/a = {single:.2f}x" if single is not None else ""))
 
 
 def _single(r: dict, key: str, what: str) -> str:
