@@ -141,9 +141,9 @@ timed() {  # timed LIMIT LOG CMD...: CMD under a time limit cut to what the budg
 }
 row() { $PY "$repo/scripts/gpu_rows.py" "$table" "$@"; }  # row KIND NAME RC SECONDS LOG [ARGS...]
 
-# The CPU reference of the MNIST row trains beside the GPU rows, on half the cores.
+# The CPU reference of the MNIST row trains beside the GPU rows, on half the cores, in half the budget at most.
 if want mnist; then
-  ( OMP_NUM_THREADS=$(( $(nproc) > 1 ? $(nproc) / 2 : 1 )) timeout 400 $PY -m qatrun device=cpu "${MNIST[@]}" \
+  ( OMP_NUM_THREADS=$(( $(nproc) > 1 ? $(nproc) / 2 : 1 )) timeout -k 15 $(( BUDGET / 2 )) $PY -m qatrun device=cpu "${MNIST[@]}" \
       hydra.run.dir="$out/mnist_cpu" > "$out/mnist_cpu.log" 2>&1; echo $? > "$out/mnist_cpu.rc" ) &
   cpu_ref=$!
 fi
