@@ -55,7 +55,7 @@ def quote(value: str) -> str:
 
 def remove_if_empty(run_dir: Path) -> None:
     """A run that failed before its first step leaves nothing: drop a directory holding only Hydra's files."""
-    from qatrun.files import LOCK
+    from qatrun.rundir import LOCK
 
     if run_dir.is_dir() and all(p.name in (".hydra", LOCK) or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                     sys.exit(EXIT_DIVERGED)
                 return
             n, exclude, where = preflight.check_command(overrides, multirun)
-            from qatrun.files import lock_dir
+            from qatrun.rundir import lock_dir
 
             if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 owns it (it alone writes)
                 lock_dir(where)  # the run's (or the sweep's) directory is this process's from here on

@@ -49,54 +49,6 @@ def write_json(path, obj, atomic: bool = True) -> None:
         Path(path).write_text(text + "\n")
 
 
-# --- one process per run directory ---------------------------------------------------------------------
-LOCK = ".qatrun.lock"
-_held: dict[str, int] = {}  # directory -> the open lock file (kept open: the lock lives as long as the process)
-
-
-def lock_dir(path) -> bool:
-    """Take the run directory ``path`` for this process (created if needed): an exclusive ``fcntl`` lock on
-    ``path/.qatrun.lock``, released when the process ends, also by SIGKILL. A second process is refused
-    with a ``ValueError`` naming the holder's pid. Idempotent within one process: True when this call took
-    the lock, False when this process held it already."""
-    import fcntl
-
-    path = Path(path).absolute()
-    if str(path) in _held:
-        return False
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise ValueError(f"run directory {path} is in use by another qatrun process (pid {holder}); wait for it to "
-                         "finish, or choose another hydra.run.dir") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    _held[str(path)] = fd
-    return True
-
-
-def unlock_dir(path) -> None:
-    fd = _held.pop(str(Path(path).absolute()), None)
-    if fd is not None:
-        os.close(fd)
-
-
-def remove_stale_temps(path) -> list[Path]:
-    """Drop the temporary files an interrupted atomic write left (``.<name>.<random>``); call with the lock."""
-    gone = []
-    for p in Path(path).glob(".*.*"):
-        if p.is_file() and p.name != LOCK and not p.name.startswith(".write-test-"):
-            if any(p.name.startswith(f".{n}.") for n in ("checkpoint.pt", "summary.json", "weights_sample.pt",
-                                                          "status.json")):
-                p.unlink(missing_ok=True)
-                gone.append(p)
-    return gone
-
-
 def os_error_line(exc: OSError, path, run_dir=None, need: int | None = None) -> str:
     """One line naming the cause of a failed write: a full disk (with the space needed and free), a run
     directory removed or made read-only while the run was going, else the system's words."""

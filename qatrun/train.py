@@ -26,7 +26,9 @@ from qatrun.data import DataShape, build_data
 from qatrun.device import fp32_precision, set_fp32_precision
 from qatrun.estimators import describe
 from qatrun.config import fingerprint
-from qatrun.files import lock_dir, os_error_line, remove_stale_temps, unlock_dir, write_atomic, write_json
+from qatrun.errors import TrainingError
+from qatrun.files import write_atomic, write_json
+from qatrun.rundir import guarded, lock_dir, remove_stale_temps, unlock_dir, write_status
 from qatrun.health import divergence
 from qatrun.metricnames import headline_first, printed
 from qatrun.metrics import pearson
@@ -43,8 +45,6 @@ from qatrun.tblog import TBLogger
 STATUS = "status.json"
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot go on (NaN loss, broken step-0 invariant); the message says why."""
 
 
 def set_determinism(on: bool) -> None:
@@ -253,24 +253,6 @@ def provenance(config: dict) -> dict:
             except Exception:  # the value was resolved already: a digest is a courtesy, never a failure
                 out[key] = None
     return out
-
-
-def guarded(run_dir: Path, name: str, write) -> None:
-    """Run ``write()``; a failed write (full disk, directory removed or read-only) becomes one line naming its
-    cause and the last good checkpoint."""
-    try:
-        write()
-    except OSError as exc:
-        last = run_dir / ckpt.NAME
-        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-        raise TrainingError(f"{os_error_line(exc, run_dir / name, run_dir)}; {kept}") from None
-
-
-def write_status(run_dir: Path, state: str, step: int, steps: int, **more) -> None:
-    """``status.json``: running, interrupted (with the signal), finished or diverged, and the step: how the
-    report and a user tell an interrupted run from a finished one."""
-    guarded(run_dir, STATUS, lambda: write_json(run_dir / STATUS, {"state": state, "step": step, "steps": steps,
-                                                                    **more}))
 
 
 def log_eval(pair: Pair, rec: Recorder, data, step: int, main: bool = True) -> dict:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from qatrun import checkpoint as ckpt
-from qatrun.files import LOCK, lock_dir, unlock_dir
+from qatrun.rundir import LOCK, lock_dir, unlock_dir
 from qatrun.train import TrainingError, train
 from tests.conftest import TINY, make_cfg
 from tests.test_reliability import CLI, cli, finished_run
