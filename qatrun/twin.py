@@ -10,25 +10,42 @@ or the identity), its learning-rate factor, its role (``ROLES``), which ``summar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from qatrun import checks, estimators
 from qatrun.estimators import EXTENSIONS, Estimator, NotInClassError, PeriodicEstimator, describe, warp
 
-# The twin's role: what the comparison means (docs/configuration.md, "pair.twin"). ``twin_role`` in summary.json; the
-# report, the verdicts, TensorBoard's HParams and the benchmark read it.
+
+class Role(NamedTuple):
+    """A twin role: its word in a report label (``warped`` twin), what the comparison means, and the optimizer
+    twin rules (``qatrun.optim.RULES``) under which the theorem predicts this twin to track the run (none: a
+    control or a floor)."""
+
+    word: str
+    description: str
+    predicted_under: tuple[str, ...] = ()
+
+
+# The twin's role (docs/configuration.md, "pair.twin"): ``twin_role`` in summary.json; the report's labels, the
+# verdicts, TensorBoard's HParams and the benchmark read its words and its prediction from here.
 ROLES = {
-    "warped": "STE twin from M(w0) at lr x alpha",
-    "ab_warped": "twin estimator B from M_B^-1(M_A(w0)) at lr x alpha_A/alpha_B",
-    "paper_control": "twin from w0 at lr x alpha (the paper's control)",
-    "warp_init": "twin from M(w0) at the same lr (ablation: the init map alone)",
-    "plain_ste": "plain STE twin from w0 at the same lr",
-    "ab_unwarped": "twin estimator B from w0 at the same lr",
-    "jitter": "the estimator against itself at a scaled lr (the noise floor)",
-    "self": "the estimator against itself at the same lr (must agree exactly)",
-    "none": "no twin (the estimator run alone)",
+    "warped": Role("warped", "STE twin from M(w0) at lr x alpha", ("warp",)),
+    "ab_warped": Role("warped", "twin estimator B from M_B^-1(M_A(w0)) at lr x alpha_A/alpha_B", ("warp",)),
+    "paper_control": Role("paper-control", "twin from w0 at lr x alpha (the paper's control)"),
+    "warp_init": Role("init-map", "twin from M(w0) at the same lr (ablation: the init map alone)"),
+    "plain_ste": Role("plain", "plain STE twin from w0 at the same lr", ("identity", "exact")),
+    "ab_unwarped": Role("unwarped", "twin estimator B from w0 at the same lr", ("identity", "exact")),
+    "jitter": Role("jitter", "the estimator against itself at a scaled lr (the noise floor)"),
+    "self": Role("self", "the estimator against itself at the same lr (must agree exactly)"),
+    "none": Role("no", "no twin (the estimator run alone)"),
 }
+
+
+def predicted(role: str, rule: str | None) -> bool:
+    """Whether the theorem predicts a twin of ``role`` to track the run under the optimizer's twin ``rule``."""
+    return role in ROLES and rule in ROLES[role].predicted_under
 
 
 @dataclass(frozen=True)
@@ -56,14 +73,12 @@ class TwinSpec:
 
     @property
     def predicted(self) -> bool:
-        if self.role in ("warped", "ab_warped"):
-            return self.rule == "warp"
-        return self.role in ("plain_ste", "ab_unwarped") and self.rule in ("identity", "exact")
+        return predicted(self.role, self.rule)
 
     @property
     def description(self) -> str:
         """The twin in words, with its estimator (``tanh(k=2.5) twin from w0 at the same lr``)."""
-        text = ROLES[self.role]
+        text = ROLES[self.role].description
         if self.role.startswith("ab_") and self.estimator is not None:
             text = text.replace("twin estimator B", f"{describe(self.estimator)} twin")
         if self.role == "jitter":

@@ -13,7 +13,8 @@ from qatrun import report
 from qatrun.metricnames import HEADLINE
 from qatrun.report.figures import fig_alignment, fig_curves, fig_movement, load_weights, title
 from qatrun.report.names import pair_words, twin_role
-from qatrun.report.runs import aggregate, find_runs, load_run
+from qatrun.report.labels import aggregate
+from qatrun.report.runs import find_runs, load_run
 from qatrun.tblog import write_experiment
 from tests.test_report import write_run
 

@@ -11,7 +11,8 @@ import torch
 from qatrun import report
 from qatrun.files import jsonable
 from qatrun.report.figures import fig_alignment, fig_movement, load_weights
-from qatrun.report.runs import load_run, make_labels, stats
+from qatrun.report.labels import make_labels
+from qatrun.report.runs import load_run, stats
 from qatrun.report.cli import slug
 from qatrun.report.tables import COLUMNS, cell
 

@@ -16,7 +16,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .figures import OKABE_ITO
+from .style import OKABE_ITO
 from .names import settings, twin_rule
 from .runs import ignored
 from .verdict import families, verdict

@@ -23,12 +23,15 @@ from pathlib import Path
 import matplotlib
 
 from qatrun.files import jsonable, write_json
+from qatrun.rundir import SUMMARY
 
 from .atlas import atlas, atlas_markdown, fig_atlas
 from .drift import drift_markdown, drift_table, fig_drift, select
-from .figures import STYLE, pair_figures, save
+from .figures import pair_figures
+from .labels import aggregate
 from .lrlaw import fig_lr_law, lr_law
-from .runs import aggregate, find_runs, stats
+from .runs import find_runs, stats
+from .style import STYLE, save
 from .tables import COLUMNS, write_tables, write_tex
 from .verdict import findings_markdown, verdicts
 
@@ -133,7 +136,7 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
     result = jsonable({"comparisons": comparisons, "lr_law": law, "verdicts": vs, "drift": drift_rows,
                        "atlas": atlas_rows,
                        "pairs": pairs, "notes": notes})
-    write_json(out / "summary.json", result)
+    write_json(out / SUMMARY, result)
     return result
 
 

@@ -13,8 +13,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from .figures import OKABE_ITO, series, who
-from .runs import Run, map_words, optimizer_words
+from .figures import who
+from .names import map_words, optimizer_words
+from .runs import Run
+from .style import OKABE_ITO, series
 
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)  # drift_table reads the curves at the logged steps nearest these
 

@@ -14,8 +14,10 @@ import re
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .figures import OKABE_ITO
-from .runs import Run, label_keys, make_labels, map_words, optimizer_words, stats, uninformative
+from .labels import label_keys, make_labels
+from .names import map_words, optimizer_words
+from .runs import Run, stats, uninformative
+from .style import OKABE_ITO
 
 
 def describe(run: Run) -> str:

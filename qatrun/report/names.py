@@ -6,13 +6,28 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .runs import Run
+from qatrun.twin import ROLES
+from qatrun.twin import predicted as predicted_for
+
+from .runs import Run
 
 # Config keys that pair_words already names (both estimators, the twin mode): not repeated after it in a label.
 NAMED_BY_PAIR = ("estimator.", "twin_estimator.", "pair.twin", "pair.twin_lr_scale", "optimizer.name")
+
+
+OPTIMIZER_WORDS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+MAP_WORDS = {"mirror": "through M", "identity": "through the identity"}  # summary's alignment_map, in words
+
+
+def optimizer_words(name) -> str:
+    return OPTIMIZER_WORDS.get(str(name), str(name))
+
+
+def map_words(alignment_map) -> str:
+    """``alignment_map`` of a summary in words; a run that predates the key was measured through M."""
+    m = str(alignment_map or "mirror")
+    return MAP_WORDS.get(m, m)
 
 
 def short_estimator(desc) -> str:
@@ -22,12 +37,7 @@ def short_estimator(desc) -> str:
     return "STE" if text == "ste" or text.startswith("ste(") else text
 
 
-# A twin role (qatrun.twin.ROLES) in a label; the estimators are named beside it.
-ROLE_WORDS = {"warped": "warped", "ab_warped": "warped", "paper_control": "paper-control", "warp_init": "init-map",
-              "plain_ste": "plain", "ab_unwarped": "unwarped"}
-
-
-def twin_role(run: "Run") -> str | None:
+def twin_role(run: Run) -> str | None:
     """The twin's role (a key of ``qatrun.twin.ROLES``): the summary's ``twin_role``, or for a summary written
     before it, worked out from its twin mode, init map and lr factors; None when it cannot be told."""
     s = run.summary
@@ -48,7 +58,7 @@ def twin_role(run: "Run") -> str | None:
     return None
 
 
-def twin_rule(run: "Run") -> str | None:
+def twin_rule(run: Run) -> str | None:
     """The optimizer's twin rule (warp / identity / exact): the summary's, or the registry's for older runs."""
     if run.summary.get("twin_rule"):
         return run.summary["twin_rule"]
@@ -57,17 +67,15 @@ def twin_rule(run: "Run") -> str | None:
     return OPTIMIZERS.meta(name).get("twin_rule") if name in OPTIMIZERS else None
 
 
-def predicted(run: "Run") -> bool:
+def predicted(run: Run) -> bool:
     """Whether the theorem predicts this twin to track the run (``twin_predicted``; for older runs: a warped
     twin under a warp rule, a plain one under an identity or exact rule)."""
     if "twin_predicted" in run.summary:
         return bool(run.summary["twin_predicted"])
-    role, rule = twin_role(run), twin_rule(run)
-    return (role in ("warped", "ab_warped") and rule == "warp") or (role in ("plain_ste", "ab_unwarped")
-                                                                    and rule in ("identity", "exact"))
+    return predicted_for(twin_role(run), twin_rule(run))
 
 
-def estimator_words(run: "Run") -> str | None:
+def estimator_words(run: Run) -> str | None:
     """The run's estimator with its resolved options (``tanh(k=5.5)``); rebuilt from the config for a summary
     written before ``estimator_description``."""
     if run.summary.get("estimator_description"):
@@ -81,7 +89,7 @@ def estimator_words(run: "Run") -> str | None:
         return run.summary.get("estimator")
 
 
-def pair_words(run: "Run") -> str | None:
+def pair_words(run: Run) -> str | None:
     """What a run compared: both estimators with their options, the bits, the twin's role and the optimizer
     with its twin rule, e.g. ``tanh(k=5.5) vs STE, 2 bits, warped twin; sgd (warp rule)``. None when the
     role cannot be told (the label falls back to config keys)."""
@@ -97,7 +105,7 @@ def pair_words(run: "Run") -> str | None:
         twin = short_estimator(s.get("twin_estimator") or "ste") if role.startswith("ab_") else "STE"
     bits = f.get("estimator.bits")
     nbits = f", {bits} bit{'s' if bits != 1 else ''}" if bits is not None else ""
-    what = "" if role in ("jitter", "none") else f", {ROLE_WORDS.get(role, role)} twin"
+    what = "" if role in ("jitter", "none") else f", {ROLES[role].word if role in ROLES else role} twin"
     rule = twin_rule(run)
     return f"{short_estimator(est)} vs {twin}{nbits}{what}; {f.get('optimizer.name')}" + (f" ({rule} rule)" if rule else "")
 

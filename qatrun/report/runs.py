@@ -1,4 +1,5 @@
-"""Loading finished runs, grouping seeds into comparisons, labels and per-metric statistics."""
+"""Loading finished runs: a run directory's summary checked and read, duplicates and unfinished runs noted,
+and the per-metric statistics over seeds."""
 
 from __future__ import annotations
 
@@ -11,25 +12,8 @@ import numpy as np
 
 from qatrun.config import flatten, is_operational, with_added
 from qatrun.metricnames import upgrade_summary
+from qatrun.rundir import SAME_AS, STATUS, SUMMARY
 
-from .names import NAMED_BY_PAIR, fmt, pair_words
-
-BARE = ("experiment_name", "optimizer.name", "pair.twin", "estimator.name", "twin_estimator.name")  # bare values in labels
-ALWAYS = ("optimizer.name", "pair.twin")  # always in automatic labels (unless named experiments differ)
-
-
-OPTIMIZER_WORDS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
-MAP_WORDS = {"mirror": "through M", "identity": "through the identity"}  # summary's alignment_map, in words
-
-
-def optimizer_words(name) -> str:
-    return OPTIMIZER_WORDS.get(str(name), str(name))
-
-
-def map_words(alignment_map) -> str:
-    """``alignment_map`` of a summary in words; a run that predates the key was measured through M."""
-    m = str(alignment_map or "mirror")
-    return MAP_WORDS.get(m, m)
 
 
 def ignored(key: str) -> bool:
@@ -95,7 +79,7 @@ def load_run(path: Path) -> Run:
     """The run in directory ``path``; ``NotASummary`` (a ValueError) when its summary.json does not pass
     ``summary_problem``, ValueError when it is not JSON, OSError when it cannot be read."""
     try:
-        s = json.loads((path / "summary.json").read_text())
+        s = json.loads((path / SUMMARY).read_text())
     except UnicodeDecodeError as e:
         raise NotASummary(f"not text ({e.reason})") from None
     except json.JSONDecodeError as e:
@@ -168,23 +152,23 @@ def drop_duplicates(runs: list[Run], notes: list) -> list[Run]:
 def status_of(run_dir: Path) -> str | None:
     """A run directory's ``status.json`` state (running, interrupted, finished, diverged), or None."""
     try:
-        return json.loads((run_dir / "status.json").read_text()).get("state")
+        return json.loads((run_dir / STATUS).read_text()).get("state")
     except (OSError, ValueError, AttributeError):
         return None
 
 
 def find_runs(paths, notes: list) -> list[Run]:
     # a report's own summary.json (next to its table.md, e.g. a sweep's report/) is not a run
-    runs, dirs = [], sorted({p.parent for root in map(Path, paths) for p in root.rglob("summary.json")
+    runs, dirs = [], sorted({p.parent for root in map(Path, paths) for p in root.rglob(SUMMARY)
                              if not (p.parent / "table.md").exists()})
     before = len(notes)
     for d in dirs:
         try:
             runs.append(load_run(d))
         except NotASummary as e:
-            notes.append(f"{d / 'summary.json'}: not a run summary ({e}); skipped")
+            notes.append(f"{d / SUMMARY}: not a run summary ({e}); skipped")
         except (OSError, ValueError) as e:
-            notes.append(f"{d / 'summary.json'}: unreadable ({e}); skipped")
+            notes.append(f"{d / SUMMARY}: unreadable ({e}); skipped")
     if dirs and not runs:
         skipped = notes[before:]
         raise FileNotFoundError(f"no valid summary.json under {' '.join(map(str, paths))} ({len(skipped)} skipped: "
@@ -201,10 +185,10 @@ def find_runs(paths, notes: list) -> list[Run]:
         notes.append(f"{len(interrupted)} run dir(s) interrupted before the end (status.json; continue each with "
                      "qatrun resume=DIR): " + ", ".join(map(str, interrupted)))
         unfinished -= set(interrupted)
-    same = sorted(d for d in unfinished if (d / "same_as.txt").is_file())  # a re-run sweep's already-finished point
+    same = sorted(d for d in unfinished if (d / SAME_AS).is_file())  # a re-run sweep's already-finished point
     if same:
         notes.append(f"{len(same)} job dir(s) are the same run as another (same_as.txt, by fingerprint), counted once: "
-                     + ", ".join(f"{d.name} = {(d / 'same_as.txt').read_text().strip()}" for d in same))
+                     + ", ".join(f"{d.name} = {(d / SAME_AS).read_text().strip()}" for d in same))
         unfinished -= set(same)
     if unfinished:
         notes.append(f"{len(unfinished)} run dir(s) without summary.json (unfinished?): "
@@ -220,87 +204,6 @@ def uninformative(runs: list[Run]) -> set:
         for k, v in r.flat.items():
             vals.setdefault(k, set()).add(repr(v))
     return {k for k, v in vals.items() if len(v) == 1 and any(k not in r.flat for r in runs)}
-
-
-def sort_key(v) -> tuple:
-    return (0, float(v), "") if isinstance(v, (int, float)) and v is not None else (1, 0.0, str(v))
-
-
-def label_keys(groups: list[dict], drop=frozenset()) -> list[str]:
-    """ALWAYS keys, plus keys that differ between groups of the same optimizer and estimator (so one
-    optimizer's own settings don't count against another's), plus the lr whenever it differs. When
-    groups come from different named experiments: the name plus what varies inside one experiment."""
-    def varies(k, same=("optimizer.name", "estimator.name")):
-        seen: dict = {}
-        for g in groups:
-            if k in g:
-                seen.setdefault(tuple(repr(g.get(s)) for s in same), set()).add(repr(g[k]))
-        return any(len(v) > 1 for v in seen.values())
-
-    union = sorted({k for g in groups for k in g if not ignored(k) and k not in drop})
-    if "experiment_name" in union and varies("experiment_name", ()):
-        within = [k for k in union if k != "experiment_name" and varies(k, ("experiment_name",))]
-        # bare names first (optimizer, twin), then the rest; an optimizer's own switch adds nothing
-        keys = [k for k in BARE if k in within] + [k for k in within if k not in BARE and k != "optimizer.twin_warp"]
-        return ["experiment_name"] + keys
-    differ = [k for k in union if varies(k) or (k in BARE + ("optimizer.lr",) and varies(k, ()))]
-    keys = [k for k in BARE if k in union and (k in ALWAYS or k in differ)]
-    return keys + [k for k in differ if k not in keys]
-
-
-def varies_within(groups: list[dict], key: str, by: str) -> bool:
-    """Whether ``key`` takes two values among groups with the same ``by`` (an optimizer's own setting)."""
-    seen: dict = {}
-    for g in groups:
-        if key in g:
-            seen.setdefault(repr(g.get(by)), set()).add(repr(g[key]))
-    return any(len(v) > 1 for v in seen.values())
-
-
-def make_labels(groups: list[dict], keys=None, dedupe: bool = True) -> list[str]:
-    """A label per group (dict of dotted key -> value) built from ``keys`` (default: label_keys)."""
-    keys = keys if keys is not None else label_keys(groups)
-    short = [k.split(".")[-1] for k in keys]
-    names = [s if short.count(s) == 1 else k for k, s in zip(keys, short)]
-    labels = []
-    for g in groups:
-        parts = [fmt(g[k]) if k in BARE else f"{n}={fmt(g[k])}" for k, n in zip(keys, names) if g.get(k) is not None]
-        labels.append(" ".join(parts) or "run")
-    return unique(labels) if dedupe else labels
-
-
-def aggregate(runs: list[Run], label_by) -> list[tuple[str, list[Run]]]:
-    """Group runs that differ only by seed (and operational keys); label each group."""
-    groups: dict = {}
-    drop = uninformative(runs)
-    for r in runs:
-        groups.setdefault(r.key(drop), []).append(r)
-    reps = [({**rs[0].summary, **rs[0].flat} if label_by else rs[0].flat) for rs in groups.values()]
-    keys = label_by or label_keys(reps, drop)
-    for rs in groups.values():
-        rs.sort(key=lambda r: (str(r.flat.get("seed")), str(r.path)))
-    named = [None if label_by else pair_words(rs[0]) for rs in groups.values()]
-    order = sorted(range(len(reps)), key=lambda i: [sort_key(reps[i].get(k)) for k in keys] + [repr(list(groups)[i])])
-    if all(named):  # every run says what it compared: that first, then what else tells the groups apart
-        rest = [k for k in keys + (["optimizer.lr"] if "optimizer.lr" not in keys else [])
-                if not k.startswith(NAMED_BY_PAIR) and (k == "optimizer.lr" or not k.startswith("optimizer.")
-                                                        or varies_within(reps, k, "optimizer.name"))]
-        extra = make_labels(reps, rest, dedupe=False) if rest else [""] * len(reps)
-        labels = unique([f"{n}, {e}" if e and e != "run" else n for n, e in zip(named, extra)])
-    else:
-        labels = make_labels(reps, keys)
-    rs = list(groups.values())
-    return [(labels[i], rs[i]) for i in order]
-
-
-def unique(labels: list[str]) -> list[str]:
-    """Labels with a ``#2``, ``#3`` ... on repeats (two groups the keys cannot tell apart)."""
-    seen: dict = {}
-    out = []
-    for label in labels:
-        seen[label] = seen.get(label, 0) + 1
-        out.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
-    return out
 
 
 def stats(values) -> dict:

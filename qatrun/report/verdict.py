@@ -22,9 +22,10 @@ generated from them.
 from __future__ import annotations
 
 from qatrun.metricnames import HEADLINE
+from qatrun.twin import ROLES
 
-from .names import predicted, settings, twin_role
-from .runs import Run, ignored, map_words, stats, uninformative
+from .names import map_words, predicted, settings, twin_role
+from .runs import Run, ignored, stats, uninformative
 
 SUPPORTS, PARTLY = 0.75, 0.25
 METRIC = HEADLINE  # qatrun.metricnames
@@ -32,17 +33,19 @@ METRIC = HEADLINE  # qatrun.metricnames
 TWIN_KEYS = ("pair.twin", "pair.twin_lr_scale", "experiment_name")
 
 
-# A twin's role (``twin_role`` in summary.json, ``qatrun.twin.ROLES``; ``runs.twin_role`` works it out for older
-# summaries) as it counts in a verdict. "warped" and "adam_twin" are the predicted pairs (under a warp rule and under
-# an identity/exact rule); a warped twin under an adaptive optimizer is the other rule's twin ("other_rule"): shown,
-# never the prediction.
+# A twin's role (``twin_role`` in summary.json, ``qatrun.twin.ROLES``; ``names.twin_role`` works it out for older
+# summaries) as it counts in a verdict. A role the theorem predicts under some twin rule is the prediction when the
+# run's optimizer has that rule: "warped" (a warp rule) or "adam_twin" (an identity/exact rule); under the other rule
+# it is shown, never the prediction: "other_rule" (a warped twin under an adaptive optimizer) or "no_warp" (a plain
+# twin under SGD). The paper's control and the jitter floor count as themselves.
 def role(run: Run) -> str | None:
     r = twin_role(run)
-    if r in ("warped", "ab_warped"):
-        return "warped" if predicted(run) else "other_rule"
-    if r in ("plain_ste", "ab_unwarped"):
-        return "adam_twin" if predicted(run) else "no_warp"
-    return {"paper_control": "paper_control", "jitter": "jitter"}.get(r)
+    if r in ROLES and ROLES[r].predicted_under:
+        warp = "warp" in ROLES[r].predicted_under
+        if predicted(run):
+            return "warped" if warp else "adam_twin"
+        return "other_rule" if warp else "no_warp"
+    return r if r in ("paper_control", "jitter") else None
 
 
 def twin_label(run: Run) -> str:
