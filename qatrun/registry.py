@@ -10,15 +10,57 @@
 An unknown name fails loudly with the valid names; ``build`` passes keyword options by name (a
 config group maps onto the constructor's parameters) and turns an unknown or missing option into
 a ``ValueError`` that lists what the builder accepts.
+
+Members register where they are defined, and a family's package finds its modules by name
+(``discover``, as big_vision finds its evaluators): a new member is one new file, with no import line
+elsewhere. Members outside qatrun come from the packages or modules named in ``QATRUN_PLUGINS``
+(comma-separated), imported the same way the first time any registry is asked for its members.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import os
+import pkgutil
 import typing
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T", bound=Callable)
+
+PLUGINS_ENV = "QATRUN_PLUGINS"
+_plugins_loaded = False
+
+
+def discover(package: str) -> list[str]:
+    """Import every module of ``package`` by name (``_private`` ones aside), so that each registers its own
+    members; a plain module is imported itself. Returns the modules imported."""
+    from qatrun.userimport import import_module  # the user's current directory too, as for a custom model
+
+    pkg = import_module(package)
+    if not hasattr(pkg, "__path__"):
+        return [package]
+    found = [f"{package}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
+    for name in found:
+        importlib.import_module(name)
+    return found
+
+
+def load_plugins() -> list[str]:
+    """Import the packages named in ``QATRUN_PLUGINS`` (once per process): a researcher's models, datasets,
+    estimators or optimizers, each registered in its own module, join their families without editing qatrun."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return []
+    _plugins_loaded = True  # first: a plug-in importing a registry must not import the plug-ins again
+    found = []
+    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            found += discover(name)
+        except ImportError as exc:
+            raise ValueError(f"{PLUGINS_ENV}={os.environ[PLUGINS_ENV]}: cannot import {name!r} ({exc}); name "
+                             "importable packages or modules, separated by commas") from None
+    return found
 
 
 class Registry(Generic[T]):
@@ -40,15 +82,18 @@ class Registry(Generic[T]):
         return deco
 
     def names(self) -> list[str]:
+        load_plugins()
         return sorted(self._items)
 
     def __iter__(self):
         return iter(self.names())
 
     def __contains__(self, name: str) -> bool:
+        load_plugins()
         return name in self._items
 
     def get(self, name: str) -> T:
+        load_plugins()
         if name not in self._items:
             raise ValueError(f"unknown {self.family} {name!r}; valid {self.family}s: {', '.join(self.names())}")
         return self._items[name]

@@ -206,7 +206,7 @@ def test_dataset_root_problems(tmp_path):
 
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    from qatrun.data import MnistData
+    from qatrun.data.mnist import MnistData
     from qatrun.train import TrainingError
 
     real = MnistData.batch

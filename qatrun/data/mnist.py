@@ -1,4 +1,4 @@
-"""MNIST as four uint8/int64 tensors kept whole on the training device.
+"""MNIST as four uint8/int64 tensors kept whole on the training device (``dataset=mnist``).
 
 Data lives in torchvision's raw layout, ``<root>/MNIST/raw/*-idx?-ubyte``, read by a small idx
 parser. When the files are absent they are fetched once: first by torchvision's own download,
@@ -23,8 +23,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from typing import Optional
+
 import numpy as np
 import torch
+
+from qatrun import checks
+from qatrun.data.base import DATASETS, DataShape, RankSlice
 
 log = logging.getLogger(__name__)
 
@@ -217,3 +222,45 @@ def load_mnist(root: str | None = None, device: str | torch.device = "cpu", down
         t = torch.from_numpy(arr if key.endswith("_x") else arr.astype(np.int64))
         out[key] = t.to(device)
     return out
+
+
+@DATASETS.register("mnist")
+class MnistData(RankSlice):
+    """All of MNIST as uint8 on the training device; fixed order (``seed`` unused), drop-last batches."""
+
+    num_classes, input_shape = 10, (1, 28, 28)
+
+    @staticmethod
+    def shape(batch_size: int, eval_batch_size: int, train_subset: Optional[int], test_subset: Optional[int],
+              **_) -> DataShape:
+        checks.positive_int("dataset.batch_size", batch_size)
+        checks.positive_int("dataset.eval_batch_size", eval_batch_size)
+        checks.positive_int("dataset.train_subset", train_subset, allow_none=True)
+        checks.positive_int("dataset.test_subset", test_subset, allow_none=True)
+        return DataShape(MnistData.input_shape, MnistData.num_classes)
+
+    def __init__(self, device, seed, world, rank, shape: DataShape, root: Optional[str], batch_size: int,
+                 eval_batch_size: int, train_subset: Optional[int], test_subset: Optional[int], mean: float, std: float,
+                 download: bool = True):
+        self._set_world(batch_size, world, rank)
+        d = load_mnist(root, device, download)
+        self.device = torch.device(device)
+        self.train_x, self.train_y = d["train_x"][:train_subset], d["train_y"][:train_subset]
+        self.test_x, self.test_y = d["test_x"][:test_subset], d["test_y"][:test_subset]
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.steps_per_epoch = len(self.train_x) // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"dataset.batch_size={batch_size} exceeds the {len(self.train_x)} training examples")
+        self.mean, self.std = mean, std
+
+    def _prep(self, x):
+        return ((x.float() / 255 - self.mean) / self.std).unsqueeze(1)
+
+    def batch(self, step: int):
+        i = (step % self.steps_per_epoch) * self.batch_size
+        return self._slice(self._prep(self.train_x[i : i + self.batch_size]), self.train_y[i : i + self.batch_size])
+
+    def test_batches(self):
+        for b in self._shard(-(-len(self.test_x) // self.eval_batch_size)):
+            i = b * self.eval_batch_size
+            yield self._prep(self.test_x[i : i + self.eval_batch_size]), self.test_y[i : i + self.eval_batch_size]

@@ -20,6 +20,7 @@ from typing import Iterator
 import torch
 
 from qatrun import checks
+from qatrun.data.base import DATASETS, DataShape, RankSlice
 
 _MIX = 1_000_003  # odd multiplier to spread (seed, step) over the 63-bit seed space
 
@@ -102,3 +103,36 @@ class SyntheticImages:
             f"SyntheticImages(num_classes={self.num_classes}, shape={self.shape}, length={self.length}, "
             f"device={self.device}, seed={self.seed}, signal={self.signal})"
         )
+
+
+@DATASETS.register("synthetic")
+class SyntheticData(RankSlice):
+    """``dataset=synthetic``: random images generated on the device (``SyntheticImages``), for throughput checks."""
+
+    @staticmethod
+    def shape(batch_size: int, eval_batch_size: int, num_classes: int, image_size: int, channels: int,
+              length: int, test_length: int, **_) -> DataShape:
+        for key, v in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                       ("num_classes", num_classes), ("image_size", image_size), ("channels", channels),
+                       ("length", length), ("test_length", test_length)):
+            checks.positive_int(f"dataset.{key}", v)
+        return DataShape((channels, image_size, image_size), num_classes)
+
+    def __init__(self, device, seed, world, rank, shape: DataShape, batch_size: int, eval_batch_size: int,
+                 num_classes: int, image_size: int, channels: int, length: int, test_length: int, signal: float):
+        self.input_shape = shape.input_shape
+        self._set_world(batch_size, world, rank)
+        self.num_classes, self.device = num_classes, torch.device(device)
+        self.train = SyntheticImages(num_classes, image_size, channels, length, device, seed, signal, batch_size)
+        self.test = SyntheticImages(num_classes, image_size, channels, test_length, device, seed + 1, signal,
+                                    eval_batch_size)
+        self.train.patterns = self.test.patterns = self.train.patterns  # one task: the same class patterns
+        self.steps_per_epoch = self.train.num_batches(batch_size)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+
+    def batch(self, step: int):
+        return self._slice(*self.train.get_batch(step, self.batch_size))
+
+    def test_batches(self):
+        for i in self._shard(self.test.num_batches(self.eval_batch_size)):
+            yield self.test.get_batch(i, self.eval_batch_size)

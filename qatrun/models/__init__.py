@@ -1,5 +1,9 @@
 """The model registry: name -> builder of a plain float ``nn.Module``, and the one quantization rule.
 
+A model is one file here: its builder, registered where it is defined (``@MODELS.register("name")``,
+``qatrun.models.base``), plus ``configs/model/<name>.yaml`` for its options; the package imports its
+modules by name (``qatrun.registry.discover``), so no import line elsewhere names it.
+
 Every builder takes ``num_classes`` and ``input_shape`` ``(channels, height, width)`` (both from the
 data: the run passes what its dataset states) plus its own keyword options, the keys of its YAML file
 in ``configs/model/``, and returns an untrained float model whose classifier is its last ``nn.Linear``.
@@ -20,81 +24,11 @@ refusing a model that cannot take the data, in one line, before anything is crea
 
 from __future__ import annotations
 
-import difflib
-from typing import Any, Dict, Tuple
-
 import torch
 import torch.nn as nn
 
-from qatrun.models.resnet import resnet18, resnet50
-from qatrun.models.small_cnn import small_cnn
-from qatrun.registry import Registry
-from qatrun.userimport import build_with
-
-# The builder parameters the run fills in from the data (not config keys).
-SUPPLIED = ("num_classes", "input_shape")
-MODELS: Registry = Registry("model", supplied=SUPPLIED)
-MODELS.register("small_cnn")(small_cnn)
-MODELS.register("resnet18")(resnet18)
-MODELS.register("resnet50")(resnet50)
-
-# torchvision builders that need options to return plain logits (no auxiliary heads in training mode).
-_TV_EXTRA = {"googlenet": {"aux_logits": False, "init_weights": True},
-             "inception_v3": {"aux_logits": False, "init_weights": True}}
-
-
-def torchvision_archs() -> list[str]:
-    import torchvision
-
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def _first_conv_in(model: nn.Module, in_channels: int) -> None:
-    """Give the model's first Conv2d ``in_channels`` inputs (a new, untrained layer of the same kind)."""
-    name, conv = next(((n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d), (None, None))
-    if conv is None or conv.in_channels == in_channels:
-        return
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    conv.groups if conv.groups == 1 else in_channels, conv.bias is not None, conv.padding_mode,
-                    device=conv.weight.device)
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
-@MODELS.register("torchvision")
-def torchvision_model(num_classes: int = 1000, input_shape: Tuple[int, int, int] = (3, 224, 224),
-                      arch: str = "resnet18") -> nn.Module:
-    """Any torchvision classification builder, untrained (``weights=None``), its first convolution
-    adapted to the data's channels (ViTs also to its image size)."""
-    import torchvision
-
-    archs = torchvision_archs()
-    if arch not in archs:
-        near = difflib.get_close_matches(str(arch).lower(), archs, n=3)
-        hint = f"did you mean {', '.join(near)}? " if near else ""
-        raise ValueError(f"unknown model.arch {arch!r}; {hint}valid: any torchvision classification model "
-                         f"({len(archs)}: {', '.join(archs[:6])}, ...; torchvision.models.list_models())")
-    extra = dict(_TV_EXTRA.get(arch, {}))
-    if arch.startswith("vit_"):
-        extra["image_size"] = input_shape[1]
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **extra)
-    _first_conv_in(model, input_shape[0])
-    return model
-
-
-@MODELS.register("custom")
-def custom_model(num_classes: int = 10, input_shape: Tuple[int, int, int] = (1, 28, 28), target: str | None = None,
-                 options: Dict[str, Any] | None = None) -> nn.Module:
-    """The user's own builder ``target`` (``pkg.module:build``), called with whichever of ``num_classes``,
-    ``input_shape``, ``in_channels`` and ``image_size`` it accepts, plus ``options``."""
-    if not target:
-        raise ValueError("model=custom needs model.target=pkg.module:build, a function returning your nn.Module")
-    given = {"num_classes": num_classes, "input_shape": tuple(input_shape), "in_channels": input_shape[0],
-             "image_size": input_shape[1]}
-    model = build_with(target, "model.target", given, options)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model.target={target} must return an nn.Module, got {type(model).__name__}")
-    return model
+from qatrun.models.base import MODELS, SUPPLIED
+from qatrun.registry import discover
 
 
 def model_names() -> list[str]:
@@ -166,7 +100,7 @@ def check_model(name: str, options: dict, input_shape, num_classes: int, quantiz
     return names
 
 
-__all__ = [
-    "MODELS", "SUPPLIED", "build_model", "check_model", "model_names", "quantized_names", "float_names",
-    "classifier_name", "small_cnn", "resnet18", "resnet50", "torchvision_archs",
-]
+discover(__name__)  # every module here registers its own builders: a new model is one new file
+
+__all__ = ["MODELS", "SUPPLIED", "build_model", "check_model", "model_names", "quantized_names", "float_names",
+           "classifier_name"]

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torchvision
 
 from qatrun import checks
+from qatrun.models.base import MODELS
 
 BN_EPS = 1e-5
 
@@ -65,6 +66,7 @@ def _build(arch: str, num_classes: int, input_shape, bn_momentum: float, zero_in
     return model
 
 
+@MODELS.register("resnet50")
 def resnet50(num_classes: int = 1000, input_shape: Tuple[int, int, int] = (3, 224, 224), bn_momentum: float = 0.9,
              zero_init_residual: bool = False, stem: str = "auto") -> nn.Module:
     """torchvision ResNet-50 (v1.5), ``weights=None``; ``bn_momentum`` in the Flax convention; ``stem``:
@@ -72,6 +74,7 @@ def resnet50(num_classes: int = 1000, input_shape: Tuple[int, int, int] = (3, 22
     return _build("resnet50", num_classes, input_shape, bn_momentum, zero_init_residual, stem)
 
 
+@MODELS.register("resnet18")
 def resnet18(num_classes: int = 1000, input_shape: Tuple[int, int, int] = (3, 224, 224), bn_momentum: float = 0.9,
              zero_init_residual: bool = False, stem: str = "auto") -> nn.Module:
     """torchvision ResNet-18, ``weights=None``; options as ``resnet50``."""

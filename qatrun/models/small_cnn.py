@@ -22,8 +22,10 @@ from typing import Tuple
 import torch.nn as nn
 
 from qatrun import checks
+from qatrun.models.base import MODELS
 
 
+@MODELS.register("small_cnn")
 def small_cnn(
     num_classes: int = 10,
     input_shape: Tuple[int, int, int] = (1, 28, 28),
