@@ -31,9 +31,9 @@ def run(q, w, est, up):
 
 
 def paper_grad(v, s, c):
-    """LSQ eq. 3 on the grid with levels ``(k - c + round(c)) * s``... written as the paper does: ``-Q_N`` for
-    ``v/s <= -Q_N``, ``Q_P`` for ``v/s >= Q_P``, ``round(v/s) - v/s`` between, with ``Q_N = Q_P = c``; on the
-    half-integer (he_uniform) grid ``round`` is rounding to the nearest half-integer, ``round(u + c) - c``."""
+    """LSQ eq. 3 as the paper writes it: ``-Q_N`` for ``v/s <= -Q_N``, ``Q_P`` for ``v/s >= Q_P``,
+    ``round(v/s) - v/s`` between, with ``Q_N = Q_P = c``; on the he_uniform grid (levels at half-integer
+    multiples of ``s``) ``round`` is to the nearest level, ``round(v/s + c) - c``."""
     u = v / s
     inside = torch.round(u + c) - c - u
     return torch.where(u <= -c, torch.full_like(u, -c), torch.where(u >= c, torch.full_like(u, c), inside))

@@ -123,6 +123,22 @@ def test_channel_at_one_range_equals_tensor_bit_for_bit(kind, bits):
     assert outs[0][0].unique().numel() >= min(grid.n_levels, 100) and outs[0][1].abs().sum() > 0
 
 
+@pytest.mark.parametrize("kind,bits", [("he_uniform", 2), ("symmetric", 4)])
+def test_tensor_runs_todays_layer_arithmetic(kind, bits):
+    from qatrun.layers import QuantizeWeight
+
+    grid, w = Grid(kind, bits), weight()
+    est = estimators.create("tanh", bits=bits, grid=grid, k=3.0)
+    q = quantizers.create("tensor", grid, w)
+    up = torch.randn(w.shape, generator=torch.Generator().manual_seed(4))
+    a, b = w.clone().requires_grad_(), w.clone().requires_grad_()
+    ya, yb = q(a, est), QuantizeWeight.apply(b, grid.init_range(w), est)
+    ya.backward(up)
+    yb.backward(up)
+    assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad) and ya.stride() == w.stride()
+    assert not torch.equal(ya, w) and ya.unique().numel() >= grid.n_levels - 2
+
+
 def test_tensor_is_todays_grid_and_restores_its_float():
     grid, w = Grid("he_uniform", 2), weight()
     q = quantizers.create("tensor", grid, w)

@@ -14,7 +14,7 @@ Activation quantizers (registry ``ACTIVATIONS``, family "activation quantizer"):
 Choi et al. 2018); their shared math and the activation estimators (``ACT_ESTIMATORS``, ``ste``) are in
 ``act.py``. The per-channel range math (thresholds, level bounds, ``same_level``, ``warp``) is in
 ``ranges.py``. Members register where they are defined; this package imports every module in it
-(``pkgutil``), so a new member is one new file. Pure torch: no I/O, no config.
+(``registry.discover``), so a new member is one new file. Pure torch: no I/O, no config.
 
     from qatrun import estimators, quantizers
     est = estimators.create("tanh", bits=2)
@@ -55,17 +55,14 @@ Interface for the integration (layers / pair / spec)
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 import torch
 
 from qatrun.quant import Grid
 from qatrun.quantizers.act import ACT_ESTIMATORS, ActivationQuantizer
 from qatrun.quantizers.base import ACTIVATIONS, QUANTIZERS, WeightQuantizer
+from qatrun.registry import discover
 
-for _mod in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_mod.name}")
+discover(__name__)  # every module here registers its own members: a new quantizer is one new file
 
 
 def names() -> list[str]:
