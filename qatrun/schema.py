@@ -1,5 +1,7 @@
 """Typed configuration, generated from the registries: one Hydra schema node per group option.
 
+(``qatrun --help``'s lists are ``qatrun.helptext``; run-directory names and the resolvers ``qatrun.runname``.)
+
 The values stay in ``configs/`` (YAML only). A group option's keys are the family's shared fields
 (``SHARED``) plus its builder's own parameters (``Registry.options``: the signature, typed by its hints,
 without what the runner supplies), every field ``MISSING``, so the YAML must give each one. Each YAML
@@ -116,70 +118,3 @@ def register() -> None:
     for family, (registry, _) in FAMILIES.items():
         for name in registry.names():
             cs.store(group=f"schema/{family}", name=name, node=node(family, name))
-
-
-# --- qatrun --help: the group lists come from the registries (configs/hydra/help/qatrun.yaml) ------------
-def _wrap(words: list[str], indent: int, width: int = 100) -> str:
-    lines, line = [], ""
-    for w in words:
-        if line and len(line) + len(w) + 2 > width - indent:
-            lines.append(line + ",")
-            line = w
-        else:
-            line = f"{line}, {w}" if line else w
-    return ("\n" + " " * indent).join(lines + [line])
-
-
-def help_text(section: str) -> str:
-    """A block of ``qatrun --help``: ``groups`` (each family's registered options and the presets) or
-    ``optimizers`` (each optimizer's twin rule and why)."""
-    from importlib import resources
-
-    from qatrun.optim import twin_rule
-
-    if section == "groups":
-        root = resources.files("qatrun.configs").joinpath("experiment")
-        presets = sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
-        rows = [(f, _wrap(reg.names(), 16)) for f, (reg, _) in FAMILIES.items()]
-        rows[-1] = ("estimator", rows[-1][1] + "\n                (the twin's own, for an A-B pair: "
-                    "estimator@twin_estimator=<option>; null = STE)")
-        rows.append(("experiment", _wrap(presets, 16) + "\n                (presets: small deltas)"))
-        return "\n".join(f"  {f:13s} {text}" for f, text in rows)
-    if section == "optimizers":
-        return "\n".join(f"  {n:10s} {twin_rule(n):9s} {OPTIMIZERS.meta(n)['why']}" for n in OPTIMIZERS.names())
-    raise ValueError(f"unknown help section {section!r}")
-
-
-def register_resolver() -> None:
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("qatrun_help"):
-        OmegaConf.register_new_resolver("qatrun_help", help_text)
-    if not OmegaConf.has_resolver("qatrun_run_name"):
-        OmegaConf.register_new_resolver("qatrun_run_name", lambda *, _root_: run_name(_root_=_root_))
-
-
-# --- run directory names: both estimators with what tells them apart, the twin rule and the optimizer ----
-def _estimator_label(node) -> str:
-    parts = [str(node.get("name"))]
-    shape = node.get("shape")
-    if shape:
-        parts.append(str(shape).replace(":", ".").rsplit(".", 1)[-1])
-    for key in ("k", "beta", "delta"):
-        if node.get(key) is not None:
-            parts.append(f"{key}{node.get(key):g}")
-    if node.get("bits") not in (None, 2):
-        parts.append(f"{node.get('bits')}bit")
-    return "-".join(parts)
-
-
-def run_name(*, _root_) -> str:
-    """``tanh_sgd`` for the default pair; ``custom-sharp_bump_vs-tanh-k2.5_sgd`` for an A-B pair,
-    ``tanh_vs-self_sgd`` for a jitter floor (``hydra.run.dir`` in ``configs/config.yaml``)."""
-    name = _estimator_label(_root_.estimator)
-    twin, mode = _root_.get("twin_estimator"), _root_.pair.twin
-    if twin is not None:
-        name += f"_vs-{_estimator_label(twin)}" + ("" if mode == "auto" else f"-{mode}")
-    elif mode != "auto":
-        name += f"_vs-{mode}"
-    return f"{name}_{_root_.optimizer.name}"

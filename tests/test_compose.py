@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from qatrun import checkpoint as ckpt
-from qatrun import estimators, optim, schema
+from qatrun import estimators, helptext, optim, schema
 from qatrun.cli import main as cli_main
 from qatrun.spec import build as build_spec
 from qatrun.spec import build_estimators
@@ -178,7 +178,7 @@ def test_quantize_linear_quantizes_every_linear_but_the_classifier():
 
 
 def test_help_lists_come_from_the_registries():
-    text = schema.help_text("groups")
+    text = helptext.help_text("groups")
     for family, (registry, _) in schema.FAMILIES.items():
         line = next(l for l in text.splitlines() if l.strip().startswith(family + " "))
         assert line.split(None, 1)[1].startswith(registry.names()[0])

@@ -8,7 +8,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from qatrun import estimators, optim, schema
+from qatrun import estimators, helptext, optim, schema
 from qatrun.models import build_model
 from qatrun.optim import build_optimizer
 from qatrun.pair import resolve_twin
@@ -28,7 +28,7 @@ FAMILIES = ("dataset", "model", "optimizer", "estimator")
 
 def help_lists() -> dict:
     """``qatrun --help``'s group lists, parsed from the rendered text."""
-    text, out, cur = schema.help_text("groups"), {}, None
+    text, out, cur = helptext.help_text("groups"), {}, None
     for line in text.splitlines():
         head = line.split()[0] if line.strip() else ""
         if line.startswith("  ") and not line.startswith("   ") and head:

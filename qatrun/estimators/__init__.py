@@ -2,7 +2,9 @@
 
 ``base``: the registry, the base classes and the exact warp ``M_B^{-1}(M_A(w))``; ``periodic``: the
 periodic estimators (ste, pwl, tanh, custom); ``literature``: published estimators with their class
-membership decided (qnet, approxsign, dsq_anneal, ewgs). See arXiv 2405.05171 and docs/method.md.
+membership decided (qnet, approxsign, dsq_anneal, ewgs). Each module registers its own estimators
+(``@register("name")``) and the package imports its modules by name, so a new family is one new file.
+See arXiv 2405.05171 and docs/method.md.
 
     from qatrun import estimators
     A = estimators.create("tanh", bits=2, k=5.5)
@@ -13,9 +15,9 @@ membership decided (qnet, approxsign, dsq_anneal, ewgs). See arXiv 2405.05171 an
 
 from qatrun.estimators.base import (ESTIMATORS, EXTENSIONS, Estimator, NotInClassError, PeriodicEstimator,
                                     check_extension, create, describe, edges, names, register, warp)
-from qatrun.estimators.literature import EWGS, AnnealedDSQ, ApproxSign, QuantNet
-from qatrun.estimators.periodic import PWL, STE, TANH_DEFAULT_K, Custom, TanhDSQ, dsq_shape
+from qatrun.registry import discover
+
+discover(__name__)  # every module here registers its own estimators: a new family is one new file
 
 __all__ = ["ESTIMATORS", "EXTENSIONS", "Estimator", "NotInClassError", "PeriodicEstimator", "check_extension", "create",
-           "describe", "edges", "names", "register", "warp", "EWGS", "AnnealedDSQ", "ApproxSign", "QuantNet", "PWL", "STE",
-           "TANH_DEFAULT_K", "Custom", "TanhDSQ", "dsq_shape"]
+           "describe", "edges", "names", "register", "warp"]
