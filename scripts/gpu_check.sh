@@ -12,7 +12,10 @@
 # bench's small-CNN cases: batch 128, pair against ONE eager plain float step, target 0.8x, which
 # needs CUDA graphs; and batch 600), r50-eager and r50-compiled (the bench's ResNet-50 bf16
 # channels_last batch-256 pair, eager and compile=true: ms/step, images/s and peak memory; compiled
-# against the compiled plain float step, target 2.1x). Two files come back in $OUT: table.md (kept as
+# against the compiled plain float step, target 2.1x), loader (qatrun-bench --cases loader: images/s of
+# the PIL path and of the device-decode path on a generated JPEG tree, with every CPU core less one as
+# workers, against what the ResNet-50 bf16 pair consumes, taken from the r50 rows' JSON when they ran,
+# else measured: PASS at 1.5x). Two files come back in $OUT: table.md (kept as
 # results/gpu/<gpu-name>.md), each row's figures and verdict (scripts/gpu_rows.py), and
 # gpu_check_files.tar.gz, every log, summary.json and bench JSON (no checkpoints) of the working
 # folder $GPU_WORK (default /tmp/gpu_check_work; the device tool brings back 8 files). Every row has a time limit, and the rows together stay under $BUDGET
@@ -95,7 +98,7 @@ done
 line "mnist files" "$raw"
 
 commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || cat "$GPU_DIR/commit" 2>/dev/null || echo unknown)
-ROWS=${ROWS:-tests mnist determinism torchrun small128 r50-eager r50-compiled}
+ROWS=${ROWS:-tests mnist determinism torchrun small128 r50-eager r50-compiled loader}
 BUDGET=${BUDGET:-480}
 table="$out/table.md"
 rm -f "$table"
@@ -103,11 +106,13 @@ if [ $dry = 1 ]; then
   DEV=cpu BACKEND=gloo STEPS=2 device="CPU (dry run)"
   SHORT=(trainer.log_every=1 trainer.eval_every=2 trainer.checkpoint_every=2)
   BENCH=(--compiled off --batch 8 --warmup 0 --steps 1 --rounds 1 --no-profile)
+  LOADER=(--batch 8 --steps 1 --rounds 1 --workers 1)
 else
   DEV=cuda BACKEND=nccl STEPS=100
   device=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
   SHORT=()
   BENCH=(--skip single --warmup 3 --steps 10 --rounds 3)
+  LOADER=(--batch 256 --steps 8 --rounds 2)
 fi
 MNIST=(trainer.progress=false dataset.download=false trainer.max_steps=$STEPS "${SHORT[@]}")
 ONE=(trainer.progress=false dataset.download=false trainer.max_steps=1 trainer.log_every=1 trainer.eval_every=1
@@ -202,6 +207,16 @@ else
     timed 300 "$out/bench_r50.log" $PY -m qatrun.bench --cases gpu-r50-bf16 "${BENCH[@]}" --out "$out/bench_r50.json"
     row bench "resnet50 bf16 pair, compile=true" $rc $secs "$out/bench_r50.log" "$out/bench_r50.json" gpu-r50-bf16
   fi
+fi
+
+if want loader; then  # the consumption from the r50 rows' JSON when one ran (compiled first), else measured
+  eat=()
+  for j in "$out/bench_r50.json" "$out/bench_r50_eager.json"; do
+    [ -s "$j" ] && grep -q '"gpu-r50-bf16"' "$j" && { eat=(--consumption-from "$j"); break; }
+  done
+  timed 240 "$out/bench_loader.log" $PY -m qatrun.bench --cases loader "${LOADER[@]}" "${eat[@]}" \
+    --out "$out/bench_loader.json"
+  row loader "loader$([ $dry = 1 ] && echo ' (dry run)')" $rc $secs "$out/bench_loader.log" "$out/bench_loader.json"
 fi
 
 line "done" "$(elapsed); $dest/table.md and $dest/gpu_check_files.tar.gz"

@@ -17,6 +17,10 @@ and its ARGS:
 * ``distributed SUMMARY BACKEND``: PASS when the run's ``distributed`` is BACKEND with world size 1.
 * ``bench BENCH_JSON CASE``: ms/step, images/s and peak memory of the plain step and the pair, and
   every target of the case: PASS when all measured targets hold, FAIL when one does not.
+* ``loader BENCH_JSON``: the ``loader`` case of ``qatrun-bench --cases loader``: images/s of the PIL
+  path and of the device-decode path (in total and per worker), the pair's consumption: PASS when
+  the device path delivers at least the target (1.5x) of what the ResNet-50 bf16 pair consumes,
+  ``measured`` where no consumption was measured (a CPU).
 
 ``python scripts/gpu_rows.py --verdicts TABLE`` exits 1 when a row of TABLE is not PASS or measured.
 Standard library only: the GPU machine has no more than its own Python.
@@ -97,7 +101,22 @@ def bench(path: str, case: str) -> tuple[str, str]:
     return "; ".join(parts), verdict
 
 
-KINDS = {"agreement": agreement, "identical": identical, "distributed": distributed, "bench": bench}
+def loader(path: str) -> tuple[str, str]:
+    c = load(path)["cases"]["loader"]
+    paths, eat = c["paths"], c["consumption"]
+    parts = [f"{name} {p['images_per_s']:.0f} img/s ({p['per_worker']:.0f} per worker)" for name, p in paths.items()]
+    parts.append(f"{c['workers']} workers, batch {c['case']['batch']}")
+    rate = eat.get("images_per_s")
+    parts.append(f"pair consumes {rate:.0f} img/s ({eat['source']})" if rate else f"pair: {eat['source']}")
+    parts.append(f"cores per GPU: pil {c['cores_per_gpu']['pil']}, device {c['cores_per_gpu']['device']}")
+    targets = [t for t in c.get("targets", []) if t["pass"] is not None]
+    parts += [f"device path / consumption {t['value']:.2f}x >= {t['limit']}: {'ok' if t['pass'] else 'MISSED'}"
+              for t in targets]
+    verdict = "measured" if not targets else "PASS" if all(t["pass"] for t in targets) else "FAIL"
+    return "; ".join(parts), verdict
+
+
+KINDS = {"agreement": agreement, "identical": identical, "distributed": distributed, "bench": bench, "loader": loader}
 
 
 def row(kind: str, rc: int, log: str, args: list[str]) -> tuple[str, str]:

@@ -6,7 +6,7 @@ files (a small fake MNIST here; the wheels are not needed where Hydra is install
 a non-editable install into its own site folder, the config composed from there with the working
 directory outside the checkout, the MNIST files unpacked, every row tiny on the CPU (the cuda tests
 collected from outside the checkout and skipped, 2-step pairs with downloads off, torchrun with gloo,
-the bench), one table.
+the bench, the loader bench), one table.
 """
 
 import gzip
@@ -77,12 +77,15 @@ def test_gpu_check_dry_run_installs_and_trains_from_carried_files(tmp_path):
     assert sorted(p.name for p in raw.iterdir()) == sorted(MNIST)  # unpacked where qatrun reads MNIST
     rows = _table(tmp_path / "out_a" / "table.md")
     assert list(rows) == ["cuda tests", "mnist pair cpu vs cpu", "deterministic=true twice", "torchrun, 1 process",
-                          "bench cpu-small (dry run)"]
+                          "bench cpu-small (dry run)", "loader (dry run)"]
     assert rows["cuda tests"][1] == "PASS" and " skipped" in rows["cuda tests"][0]  # collected from outside, none ran
     assert rows["mnist pair cpu vs cpu"][1] == "PASS" and "differ by 0.00000" in rows["mnist pair cpu vs cpu"][0]
     assert rows["deterministic=true twice"] == ("the two summary.json files are byte for byte identical", "PASS")
     assert rows["torchrun, 1 process"][1] == "PASS" and "'backend': 'gloo'" in rows["torchrun, 1 process"][0]
     assert "img/s" in rows["bench cpu-small (dry run)"][0]  # its verdict is the CPU's at batch 8: either
+    figures, verdict = rows["loader (dry run)"]  # no GPU: nothing consumed to compare with
+    assert verdict == "measured" and "pair: not measured (no GPU)" in figures
+    assert all(f"{p} " in figures for p in ("pil", "device", "read")) and "1 workers, batch 8" in figures
     summary = json.loads((tmp_path / "work_a" / "mnist" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["config"]["device"] == "cpu"
     assert json.loads((tmp_path / "work_a" / "torchrun" / "summary.json").read_text())["steps"] == 1
@@ -91,7 +94,8 @@ def test_gpu_check_dry_run_installs_and_trains_from_carried_files(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out_a").iterdir()) == ["gpu_check_files.tar.gz", "table.md"]
     with tarfile.open(tmp_path / "out_a" / "gpu_check_files.tar.gz") as tar:
         names = tar.getnames()
-    assert {"./mnist/summary.json", "./mnist_cpu/summary.json", "./torchrun.log", "./bench_dry.json"} <= set(names)
+    assert {"./mnist/summary.json", "./mnist_cpu/summary.json", "./torchrun.log", "./bench_dry.json",
+            "./bench_loader.json"} <= set(names)
     assert not [n for n in names if n.endswith("checkpoint.pt")]
     assert res.returncode == (0 if rows["bench cpu-small (dry run)"][1] == "PASS" else 1)
 
@@ -176,6 +180,30 @@ def test_bench_row_reports_throughput_memory_and_every_measured_target(tmp_path)
     text, verdict = g.bench(_json(tmp_path / "b.json", case([passed, unmeasured], notes)), "gpu-r50-bf16")
     assert verdict == "PASS" and "pair: torch.compile failed, ran eager (BackendCompilerFailed: x)" in text
     assert g.bench(_json(tmp_path / "c.json", case([unmeasured])), "gpu-r50-bf16")[1] == "measured"
+
+
+def test_loader_row_holds_the_device_path_to_one_and_a_half_times_the_consumption(tmp_path):
+    g = _rows_module()
+
+    def case(device_rate, consumed):
+        paths = {"pil": {"images_per_s": 1800.0, "per_worker": 120.0},
+                 "device": {"images_per_s": device_rate, "per_worker": device_rate / 15},
+                 "read": {"images_per_s": 30000.0, "per_worker": 2000.0}}
+        value = None if consumed is None else device_rate / consumed
+        target = {"key": "loader_over_consumption", "limit": 1.5, "value": value,
+                  "pass": None if value is None else value >= 1.5}
+        source = "bench_r50.json (gpu-r50-bf16 pair, compile=true)" if consumed else "not measured (no GPU)"
+        return {"cases": {"loader": {"case": {"batch": 256}, "workers": 15, "paths": paths, "targets": [target],
+                                     "consumption": {"images_per_s": consumed, "source": source},
+                                     "cores_per_gpu": {"pil": 42, "device": 4}}}}
+
+    text, verdict = g.loader(_json(tmp_path / "a.json", case(6000.0, 3300.0)))
+    assert verdict == "PASS" and "device path / consumption 1.82x >= 1.5: ok" in text
+    assert "pil 1800 img/s (120 per worker)" in text and "pair consumes 3300 img/s (bench_r50.json" in text
+    assert "cores per GPU: pil 42, device 4" in text and "15 workers, batch 256" in text
+    text, verdict = g.loader(_json(tmp_path / "b.json", case(4000.0, 3300.0)))
+    assert verdict == "FAIL" and "1.21x >= 1.5: MISSED" in text
+    assert g.loader(_json(tmp_path / "c.json", case(4000.0, None)))[1] == "measured"
 
 
 def test_rows_in_the_table_and_the_exit_verdict(tmp_path, capsys):

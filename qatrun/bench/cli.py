@@ -25,7 +25,8 @@ def parse_args(argv=None):
     p.add_argument("--cases", default="auto",
                    help=f"comma-separated from {', '.join(CASES)}; 'auto' (default): cpu-small, plus every gpu-* "
                         "case when CUDA is available; 'scaling': the cpu-scale-* cases and their table; "
-                        "'all': every case")
+                        "'all': every case; 'loader': the ImageNet input paths against the pair's consumption "
+                        "(qatrun.bench.loader)")
     p.add_argument("--steps", type=int, default=None,
                    help="timed iterations per config per round (default: the logging interval, --log-every or the "
                         "config's trainer.log_every, so each pair round holds one log)")
@@ -48,6 +49,11 @@ def parse_args(argv=None):
     p.add_argument("--interleave", choices=("auto", "step", "block"), default="auto",
                    help="alternate configs every iteration (step) or every --steps iterations (block); "
                         "auto: step on CPU, block on GPU")
+    p.add_argument("--workers", type=int, default=None,
+                   help="loader: DataLoader workers (default: the CPU count - 1, at most 16)")
+    p.add_argument("--consumption-from", default=None,
+                   help="loader: a bench JSON whose gpu-r50-bf16 pair gives the consumption (default: measure it "
+                        "with CUDA, else not measured)")
     p.add_argument("--out", default="results/bench.json", help="JSON output (default results/bench.json)")
     p.add_argument("--quiet", action="store_true", help="only the final tables")
     a = p.parse_args(argv)
@@ -61,7 +67,9 @@ def parse_args(argv=None):
 def run(argv=None) -> dict:
     """Parse ``argv``, run the selected cases, print the tables, write and return the JSON dict."""
     a = parse_args(argv)
-    cases = select_cases(a.cases)
+    names = [n.strip() for n in a.cases.split(",")]
+    loader = "loader" in names
+    cases = select_cases(",".join(n for n in names if n != "loader")) if names != ["loader"] else []
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's "no GPU" error line on CPU-only hosts
     out = {"meta": meta(), "cases": {}}
     path = Path(a.out)
@@ -89,6 +97,8 @@ def run(argv=None) -> dict:
         if not a.quiet:
             print(texts[-1], flush=True)
         write(out, path)  # after every case: a later case that crashes or is killed leaves this one's figures
+    if loader:
+        texts.append(run_loader_case(a, out, path))
     rows = [scaling_row(r) for r in out["cases"].values() if r["case"]["scaling"]]
     if rows:
         out["scaling"] = rows
@@ -100,6 +110,23 @@ def run(argv=None) -> dict:
         print("\n".join(texts))
     print(f"\nqatrun-bench: wrote {path}")
     return out
+
+
+def run_loader_case(a, out: dict, path: Path) -> str:
+    """``--cases loader``: its figures into ``out`` (written at once) and its printed table."""
+    from qatrun.bench.loader import format_loader, run_loader
+
+    say = print if not a.quiet else (lambda *args, **kw: None)
+    say("[loader] the ImageNet input paths (qatrun.bench.loader)", flush=True)
+    t0 = time.perf_counter()
+    res = run_loader(batch=a.batch, workers=a.workers, steps=a.steps, rounds=a.rounds,
+                     warmup=a.warmup if a.warmup is not None else 1, consumption_from=a.consumption_from, say=say)
+    res["device_name"] = device_name(res["case"]["device"])
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    out["cases"]["loader"] = jsonable(res)
+    write(out, path)
+    say(format_loader(res), flush=True)
+    return format_loader(res)
 
 
 def write(out: dict, path: Path) -> None:

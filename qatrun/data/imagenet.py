@@ -9,26 +9,31 @@ into class folders, e.g. with the usual ``valprep.sh``)::
 Train: RandomResizedCrop(image_size) + RandomHorizontalFlip + ToTensor + Normalize.
 Val:   Resize(resize) (shorter side) + CenterCrop(image_size) + ToTensor + Normalize.
 
-Reproducibility: the train order comes from a ``torch.Generator`` seeded with ``seed`` (single
-process) or from ``DistributedSampler(seed=seed)`` (the caller calls ``sampler.set_epoch``); the
-same generator also seeds the DataLoader workers, so with ``workers > 0`` the augmentations are
-reproducible too (with ``workers=0`` they use the global torch RNG of the main process).
+``ImageNetData`` (what training reads) has a second path, ``decode="device"``: the workers read
+the encoded bytes, the batch is decoded and augmented on the run's device with the same
+transforms (``qatrun.data.encoded``, ``qatrun.data.devicedecode``).
+
+Reproducibility (``build_imagenet_loaders``): the train order comes from a ``torch.Generator``
+seeded with ``seed`` (single process) or from ``DistributedSampler(seed=seed)`` (the caller calls
+``sampler.set_epoch``); the same generator also seeds the DataLoader workers, so with ``workers > 0``
+the augmentations are reproducible too (with ``workers=0`` they use the global torch RNG of the main process).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
 from qatrun import checks
+from qatrun.data.devicedecode import IMAGENET_MEAN, IMAGENET_STD, DeviceDecoder
+from qatrun.data.encoded import EncodedImages, collate_encoded
 from qatrun.data.mnist import DatasetError  # one error type for every dataset of the package
+from qatrun.data.samplers import ShardSampler, StepBatchSampler
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val")
 LAYOUT = "expected layout: root/train/<class>/*.JPEG and root/val/<class>/*.JPEG (same class folders in both)"
 
@@ -144,26 +149,6 @@ def _subset(ds: datasets.ImageFolder, n, split: str) -> Dataset:
     return _ClassSubset(ds, [i * len(ds) // n for i in range(n)])
 
 
-class ShardSampler(Sampler[int]):
-    """Evaluation shard of one rank: indices ``rank, rank + world, ...`` in order, no padding.
-
-    Unlike ``DistributedSampler`` it never repeats samples, so summed counts over the ranks give
-    the exact accuracy; ranks may get one batch more or less (no per-batch collectives in eval:
-    run the un-wrapped model and all-reduce the totals at the end).
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"ShardSampler: rank {rank} outside [0, {num_replicas})")
-        self.n, self.num_replicas, self.rank = len(dataset), num_replicas, rank
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.n, self.num_replicas))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.num_replicas))
-
-
 def _world(num_replicas, rank) -> tuple[int, int]:
     if num_replicas is None or rank is None:
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -235,73 +220,78 @@ def build_imagenet_loaders(
     return train_loader, val_loader, len(classes)
 
 
-class StepBatchSampler(Sampler[list[int]]):
-    """Batches as a function of the step, for exact resume: epoch ``e`` is a permutation drawn
-    from ``(seed, e)``; each global batch of ``global_batch`` indices is split evenly over the
-    ``world`` ranks (rank ``r`` gets its slice). ``start(step)`` positions the next iteration."""
+DECODE_PATHS = ("auto", "cpu", "device")
 
-    def __init__(self, n: int, global_batch: int, seed: int, world: int = 1, rank: int = 0):
-        if global_batch % world:
-            raise ValueError(f"dataset.batch_size={global_batch} must be divisible by the {world} processes")
-        self.n, self.global_batch, self.seed, self.world, self.rank = n, global_batch, seed, world, rank
-        self.steps_per_epoch = n // global_batch
-        if self.steps_per_epoch == 0:
-            raise DatasetError(f"ImageNet train split has {n} samples, fewer than one batch of {global_batch}")
-        self._step = 0
 
-    def start(self, step: int) -> None:
-        self._step = step
+def decode_path(decode: str, device) -> str:
+    """``cpu`` or ``device`` for ``dataset.decode`` on ``device`` (``auto``: the device on CUDA)."""
+    checks.one_of("dataset.decode", decode, DECODE_PATHS)
+    if decode == "auto":
+        return "device" if torch.device(device).type == "cuda" else "cpu"
+    return decode
 
-    def __iter__(self):
-        epoch, offset = divmod(self._step, self.steps_per_epoch)
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-        local = self.global_batch // self.world
-        for b in range(offset, self.steps_per_epoch):
-            chunk = perm[b * self.global_batch : (b + 1) * self.global_batch]
-            yield chunk[self.rank * local : (self.rank + 1) * local].tolist()
 
-    def __len__(self) -> int:
-        return self.steps_per_epoch - self._step % self.steps_per_epoch
+def _split(root: str, split: str, transform, subset, encoded: bool) -> Dataset:
+    """One split: ImageFolder with ``transform`` (PIL path) or ``EncodedImages`` of the same samples."""
+    ds = _image_folder(root, split, None if encoded else transform)
+    picked = _subset(ds, subset, split)
+    if not encoded:
+        return picked
+    keep = picked.indices if isinstance(picked, Subset) else range(len(ds))
+    return EncodedImages([ds.samples[i] for i in keep], ds.classes)
 
 
 class ImageNetData:
     """The lockstep loop's view of ImageNet: ``batch(step)`` for this rank, ``test_batches()``.
 
-    The data order is exact on resume (``StepBatchSampler``); the random crops/flips after a
-    resume come from fresh worker seeds, so they are not bitwise those of an uninterrupted run.
+    ``decode="cpu"``: PIL decodes and torchvision's PIL transforms augment in the DataLoader
+    workers; the data order is exact on resume (``StepBatchSampler``), the random crops/flips after a
+    resume come from fresh worker seeds. ``decode="device"``: the workers read the encoded bytes and
+    the batch is decoded and augmented on ``device`` (``qatrun.data.devicedecode``), its crops and
+    flips a function of ``(seed, step)``, so a resumed run sees exactly the batches of an
+    uninterrupted one. ``auto``: the device on CUDA, else the CPU path.
     """
 
     def __init__(self, root, device, batch_size, eval_batch_size, workers, image_size, resize, train_subset,
-                 test_subset, seed, world=1, rank=0):
+                 test_subset, seed, world=1, rank=0, decode="cpu"):
         self.classes = check_imagenet_root(root)
         self.num_classes, self.device = len(self.classes), torch.device(device)
-        root = os.fspath(root)
-        train_ds = _subset(_image_folder(root, "train", train_transform(image_size)), train_subset, "train")
-        val_ds = _subset(_image_folder(root, "val", val_transform(image_size, resize)), test_subset, "val")
+        self.decode = decode_path(decode, self.device)
+        encoded, root = self.decode == "device", os.fspath(root)
+        train_ds = _split(root, "train", train_transform(image_size), train_subset, encoded)
+        val_ds = _split(root, "val", val_transform(image_size, resize), test_subset, encoded)
         self.sampler = StepBatchSampler(len(train_ds), batch_size, seed, world, rank)
-        self.steps_per_epoch = self.sampler.steps_per_epoch
-        pin = self.device.type == "cuda"
-        common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+        self.steps_per_epoch, self.seed, self.global_batch = self.sampler.steps_per_epoch, seed, batch_size
+        self.decoder = None
+        common = dict(num_workers=workers, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
+        if encoded:  # the bytes go to the decoder as they are: nothing worth pinning
+            self.decoder = DeviceDecoder(self.device, image_size, resize)
+            common.update(pin_memory=False, collate_fn=collate_encoded)
         self.train_loader = DataLoader(train_ds, batch_sampler=self.sampler,
                                        generator=torch.Generator().manual_seed(seed + rank), **common)
         shard = ShardSampler(val_ds, world, rank) if world > 1 else None  # each rank evaluates its shard
         self.val_loader = DataLoader(val_ds, batch_size=eval_batch_size, shuffle=False, sampler=shard, **common)
         self._it, self._next = None, None
 
+    def _to_device(self, x, y):
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
     def batch(self, step: int):
         if step != self._next or step % self.steps_per_epoch == 0:
             self.sampler.start(step)
             self._it = iter(self.train_loader)
         self._next = step + 1
-        x, y = next(self._it)
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.decoder is None:
+            return self._to_device(*next(self._it))
+        return self.decoder.train_batch(next(self._it), self.train_loader.dataset, self.seed, step,
+                                        self.global_batch, self.sampler.rank)
 
     def test_batches(self):
-        for x, y in self.val_loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        for b in self.val_loader:
+            yield self._to_device(*b) if self.decoder is None else self.decoder.eval_batch(b, self.val_loader.dataset)
 
 
 __all__ = [
     "ImageNetData", "StepBatchSampler", "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "ShardSampler", "build_imagenet_loaders",
-    "check_imagenet_root", "train_transform", "val_transform",
+    "check_imagenet_root", "decode_path", "train_transform", "val_transform",
 ]
