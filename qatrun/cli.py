@@ -11,12 +11,20 @@ import json
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from qatrun import dist, preflight, sweep
+from qatrun.config import fingerprint
+from qatrun.errors import TrainingError
+from qatrun.health import EXIT_DIVERGED
+from qatrun.rundir import ERROR, LOCK, SAME_AS, SUMMARY, lock_dir
+from qatrun.stop import Interrupted
+from qatrun.train import provenance, summary_lines, train  # torch and the registries: --help composes the config, which needs them anyway
 
 
 def fail(message: str) -> None:
@@ -26,9 +34,6 @@ def fail(message: str) -> None:
 
 def execute(cfg: DictConfig, run_dir) -> dict:
     """Train, print the figures; a user error raises ``ValueError`` (a NaN: ``TrainingError``)."""
-    from qatrun import dist
-    from qatrun.train import summary_lines, train  # imported late: --help stays fast
-
     try:
         summary = train(cfg, run_dir)
     finally:
@@ -55,26 +60,17 @@ def quote(value: str) -> str:
 
 def remove_if_empty(run_dir: Path) -> None:
     """A run that failed before its first step leaves nothing: drop a directory holding only Hydra's files."""
-    from qatrun.rundir import LOCK
-
     if run_dir.is_dir() and all(p.name in (".hydra", LOCK) or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://qatrun.configs", config_name="config")
 def _main(cfg: DictConfig) -> float | None:
-    from qatrun.train import TrainingError
-
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = str(hc.mode) == "RunMode.MULTIRUN"
     if multirun:  # a sweep run again retries its failed points: the last try's error.txt is stale now
-        from qatrun import sweep
-
-        (run_dir / sweep.ERROR_FILE).unlink(missing_ok=True)
-    from qatrun.health import EXIT_DIVERGED
-    from qatrun.stop import Interrupted
-
+        (run_dir / ERROR).unlink(missing_ok=True)
     if multirun and (twin := finished_twin(cfg, run_dir)) is not None:  # a sweep run again: not retrained
         done = json.loads(twin.read_text())
         where = "finished already" if twin.parent == run_dir else f"is the same run as {twin.parent}"
@@ -95,8 +91,6 @@ def _main(cfg: DictConfig) -> float | None:
     except Exception as exc:  # in a sweep a crash of one point must not stop the others
         if not multirun:
             raise
-        import traceback
-
         return record_failure(run_dir, hc, f"{type(exc).__name__}: {exc}", traceback.format_exc())
     if summary.get("diverged"):
         if not multirun:
@@ -105,26 +99,19 @@ def _main(cfg: DictConfig) -> float | None:
     return summary.get("pair/quantized_agreement")
 
 
-SAME_AS = "same_as.txt"
-
-
 def finished_twin(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The summary.json of a finished job of the same sweep with this job's fingerprint (re-running a sweep
     with one more value shifts the job numbers; the finished points are found by what they computed): this
     job's own first. A finished point is not even reopened: its checkpoint may predate a state format that
-    can no longer be continued (the compressed rule of issue #21), and its figures stand as computed."""
-    from omegaconf import OmegaConf
-
-    from qatrun.config import fingerprint
-    from qatrun.train import provenance
-
+    can no longer be continued (a twin rule's saved state that has since changed), and its figures stand as
+    computed."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("resume", None)
     mine = fingerprint(config, provenance(config))
-    own = run_dir / "summary.json"
+    own = run_dir / SUMMARY
     if own.exists():  # this very job: not retrained if it computed this; else it continues as a resume
         return own if _finished_with(own, mine) else None
-    for p in sorted(run_dir.parent.glob("*/summary.json")):
+    for p in sorted(run_dir.parent.glob(f"*/{SUMMARY}")):
         if _finished_with(p, mine):
             return p
     return None
@@ -141,10 +128,8 @@ def _finished_with(summary: Path, fingerprint: str) -> bool:
 
 def record_failure(run_dir: Path, hc, message: str, details: str = "") -> None:
     """A failed sweep point: its message and traceback in its job directory; the sweep goes on."""
-    from qatrun import sweep
-
     overrides = hc.job.override_dirname
-    (run_dir / sweep.ERROR_FILE).write_text(f"{overrides}\n{message}\n{details}")
+    (run_dir / ERROR).write_text(f"{overrides}\n{message}\n{details}")
     print(f"qatrun: error: job {hc.job.num} [{overrides}] failed: {message}", file=sys.stderr)
     return None
 
@@ -153,14 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     flags = [a for a in argv if a.startswith("-")]
     if not set(flags) - {"-m", "--multirun"}:  # --help, --cfg, --info...: Hydra's own
-        from qatrun import preflight
-
         multirun, overrides = bool(flags), [a for a in argv if not a.startswith("-")]
         try:
             if not multirun and any(a.startswith("resume=") for a in overrides):
-                from qatrun.health import EXIT_DIVERGED
-                from qatrun.stop import Interrupted
-
                 run_dir, cfg = preflight.resume(overrides)
                 try:
                     summary = execute(cfg, run_dir)
@@ -170,31 +150,19 @@ def main(argv: list[str] | None = None) -> None:
                     sys.exit(EXIT_DIVERGED)
                 return
             n, exclude, where = preflight.check_command(overrides, multirun)
-            from qatrun.rundir import lock_dir
-
             if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 owns it (it alone writes)
                 lock_dir(where)  # the run's (or the sweep's) directory is this process's from here on
             # Hydra then uses this very directory (its ${now:} is resolved once, here)
             argv.append(f"hydra.{'sweep' if multirun else 'run'}.dir={quote(str(where))}")
-        except ValueError as exc:  # UserError, CheckpointError, a check's message, TrainingError below
-            fail(str(exc))
-        except RuntimeError as exc:
-            from qatrun.train import TrainingError
-
-            if not isinstance(exc, TrainingError):
-                raise
+        except (ValueError, TrainingError) as exc:  # UserError, CheckpointError, a check's message; a failed run
             fail(str(exc))
         if multirun:
-            from qatrun import sweep
-
             sweep.start(n)
             # job directories named by what varies: 3_estimator.bits=4,optimizer=adam
             argv.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(repr(k) for k in exclude)}]")
     sys.argv = [sys.argv[0], *argv]
     _main()
     if flags:
-        from qatrun import sweep
-
         sweep.finish()
 
 

@@ -23,6 +23,8 @@ from omegaconf import OmegaConf, open_dict
 
 from qatrun import checkpoint as ckpt
 from qatrun.checks import nearest
+from qatrun.compose import compose_config
+from qatrun.rundir import STATUS
 from qatrun.config import OPERATIONAL, config_diff, flatten, with_added
 from qatrun.spec import build as build_spec
 
@@ -62,7 +64,7 @@ def valid_keys(key: str, choices: list[str] | None = None) -> str:
     """'valid keys in <parent>: ...' for a dotted key, from the defaults with the given group choices."""
     parent = key.rpartition(".")[0]
     try:
-        cfg = _compose(choices or [])
+        cfg = compose_config(choices or [])
         node = OmegaConf.select(cfg, parent) if parent else cfg
         names = sorted(node.keys()) if node is not None and OmegaConf.is_dict(node) else []
     except Exception:  # the listing is a courtesy; the error itself has been found already
@@ -75,20 +77,12 @@ def near_key(key: str, choices: list[str]) -> str:
     """' did you mean optimizer.lr?' for a mistyped dotted key, from the keys beside it."""
     parent, _, leaf = key.rpartition(".")
     try:
-        node = OmegaConf.select(_compose(choices), parent) if parent else _compose(choices)
+        node = OmegaConf.select(compose_config(choices), parent) if parent else compose_config(choices)
         names = list(node.keys()) if OmegaConf.is_dict(node) else []
     except Exception:  # a courtesy: the error itself has been found already
         names = []
     hint = nearest(leaf, names)
     return hint.replace(" did you mean ", f" did you mean {parent}." if parent else " did you mean ", 1) if hint else ""
-
-
-def _compose(overrides: list[str], hydra_cfg: bool = False):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    with initialize_config_module("qatrun.configs", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra_cfg)
 
 
 def compose(overrides: list[str], hydra_cfg: bool = False):
@@ -107,7 +101,7 @@ def compose(overrides: list[str], hydra_cfg: bool = False):
                             f"one first: estimator@twin_estimator=NAME {o.input_line} (e.g. NAME=tanh)")
     choices = [o.input_line for o in parsed if o.key_or_group in GROUPS and not o.is_sweep_override()]
     try:
-        return _compose(overrides, hydra_cfg)
+        return compose_config(overrides, hydra_cfg)
     except MissingConfigException as exc:
         grp = next((o for o in parsed if o.key_or_group in GROUPS and f"'{o.key_or_group}/" in str(exc)), None)
         if grp is not None:
@@ -239,7 +233,7 @@ def resume(overrides: list[str]):
     run_dir = Path(str(where))
     path = run_dir / ckpt.NAME
     if not path.is_file() and (run_dir / ".hydra").is_dir():
-        status = run_dir / "status.json"
+        status = run_dir / STATUS
         state = json.loads(status.read_text()).get("state", "running") if status.is_file() else "running"
         raise UserError(f"resume={where}: that run stopped before its first checkpoint (its last state: {state}, "
                         "killed or interrupted before step 1 was saved), so there is nothing to continue; start it "

@@ -17,7 +17,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 
-ERROR_FILE = "error.txt"
+from qatrun.rundir import ERROR, SUMMARY
+
 FAILED: list[str] = []  # set by on_multirun_end, read by finish (same process: the launching one)
 
 
@@ -54,7 +55,7 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        FAILED[:] = [f"{p.parent.name}: {p.read_text().splitlines()[1]}" for p in sorted(sweep_dir.glob(f"*/{ERROR_FILE}"))]
+        FAILED[:] = [f"{p.parent.name}: {p.read_text().splitlines()[1]}" for p in sorted(sweep_dir.glob(f"*/{ERROR}"))]
         hparams_experiment(sweep_dir)
         try:
             from qatrun.report import report
@@ -66,7 +67,7 @@ class SweepCallback(Callback):
         except FileNotFoundError:
             print(f"\nno finished run in {sweep_dir}; no report", file=sys.stderr)
         if FAILED:
-            print(f"qatrun: {len(FAILED)} sweep point(s) failed (details in each job's {ERROR_FILE}):", file=sys.stderr)
+            print(f"qatrun: {len(FAILED)} sweep point(s) failed (details in each job's {ERROR}):", file=sys.stderr)
             for line in FAILED:
                 print(f"  {line}", file=sys.stderr)
 
@@ -83,7 +84,7 @@ def hparams_experiment(sweep_dir: Path) -> None:
     from qatrun.tblog import write_experiment
 
     runs = []
-    for p in sorted(sweep_dir.glob("*/summary.json")):
+    for p in sorted(sweep_dir.glob(f"*/{SUMMARY}")):
         try:
             s = json.loads(p.read_text())
         except (OSError, ValueError):

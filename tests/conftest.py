@@ -1,5 +1,6 @@
 import pytest
-from hydra import compose, initialize_config_module
+
+from qatrun.compose import compose_config
 
 # A few dozen steps on MNIST subsets: seconds on a CPU.
 TINY = [
@@ -17,8 +18,7 @@ TINY = [
 
 
 def make_cfg(*overrides, tiny=True):
-    with initialize_config_module("qatrun.configs", version_base="1.3"):
-        return compose("config", overrides=[*(TINY if tiny else []), *overrides])
+    return compose_config([*(TINY if tiny else []), *overrides])
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 from qatrun import bench
 from qatrun.bench import cases, cli, measure
+from qatrun.compose import compose_config
 from qatrun.layers import QuantMixin
 
 TINY = ["--cases", "cpu-small", "--batch", "8", "--warmup", "2", "--steps", "2", "--rounds", "1", "--log-every", "2",
@@ -137,8 +137,7 @@ def test_case_selection():
 
 @pytest.mark.slow
 def test_steps_default_to_the_configs_log_every():
-    with initialize_config_module("qatrun.configs", version_base="1.3"):
-        log_every = compose("config").trainer.log_every
+    log_every = compose_config().trainer.log_every
     res = measure.run_case(replace(cases.CASES["cpu-small"], batch=8, **EAGER), warmup=1, rounds=1, verbose=False,
                            keep=True)
     assert res["steps_per_round"] == res["log_every"] == log_every

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_module
 
+from qatrun.compose import compose_config
 from tests.conftest import TINY
 
 ARGS = [*[t for t in TINY if "max_steps" not in t], "trainer.max_steps=10", "trainer.changepoints=false"]
@@ -44,8 +44,7 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
 
 def test_slurm_launcher_config_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    with initialize_config_module("qatrun.configs", version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "experiment=imagenet"], return_hydra_config=True)
+    cfg = compose_config(["hydra/launcher=slurm", "experiment=imagenet"], hydra_cfg=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 8 and launcher.timeout_min == 4320

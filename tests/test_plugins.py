@@ -59,9 +59,8 @@ hidden: 8
 
 CHECK = '''
 import pytest
-from hydra import compose, initialize_config_module
-
 from qatrun import schema
+from qatrun.compose import compose_config
 from qatrun.data import DATASETS, build_data, describe
 from qatrun.models import MODELS, build_model, check_model
 
@@ -79,8 +78,7 @@ assert build_model("toy_mlp", 3, (1, 8, 8))(x).shape == (4, 3)
 assert check_model("toy_mlp", {"hidden": 8}, (1, 8, 8), 3) == ["0"]
 assert set(schema.fields_of("model", "toy_mlp")) >= {"name", "hidden"}
 assert list(schema.fields_of("dataset", "toy_blobs")) == ["name", "batch_size", "classes", "side", "steps"]
-with initialize_config_module("qatrun.configs", version_base="1.3"):  # its YAML from the user's own config folder
-    cfg = compose("config", overrides=["hydra.searchpath=[file://CONF]", "model=toy_mlp"])
+cfg = compose_config(["hydra.searchpath=[file://CONF]", "model=toy_mlp"])  # its YAML from the user's own folder
 assert cfg.model.hidden == 8
 print("ok")
 '''

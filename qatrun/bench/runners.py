@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from qatrun.bench.timing import Sections
+from qatrun.compose import compose_config
 from qatrun.models import build_model
 from qatrun.optim import build_optimizer
 from qatrun.record import Recorder
@@ -31,15 +32,12 @@ SCHEDULE_STEPS = 1_000_000
 
 def make_cfg(case: Case, log_every: int | None = None, overrides=()):
     """The default qatrun config (``configs/config.yaml``) set up for ``case``, warm-up off."""
-    from hydra import compose, initialize_config_module
-
     ov = [f"model={case.model}", f"device={case.device}", f"precision={case.precision}",
           f"channels_last={str(case.channels_last).lower()}", f"compile={str(case.qat_compile).lower()}",
           "trainer.warmup_frac=0.0", "trainer.progress=false", *overrides]
     if log_every is not None:
         ov.append(f"trainer.log_every={log_every}")
-    with initialize_config_module("qatrun.configs", version_base="1.3"):
-        return compose("config", overrides=ov)
+    return compose_config(ov)
 
 
 def without_compile(cfg):
