@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 ARGS   ?=
 NGPU   ?= 1
-WHEELS ?= ../shared/device-wheels
+WHEELS ?=
 
 .PHONY: help install run test test-fast docs bench reproduce-mnist reproduce-mnist-quick reproduce-imagenet report-mnist gpu-carry clean
 
@@ -58,6 +58,7 @@ reproduce-imagenet: install  ## ImageNet comparisons, ResNet-50 under torchrun: 
 	bash scripts/reproduce_imagenet.sh $(IMAGENET) $(NGPU) $(ARGS)
 
 gpu-carry:  ## fill the ignored .gpu/ for scripts/gpu_check.sh on a machine without network (WHEELS=folder)
+	@test -n "$(WHEELS)" || { echo "usage: make gpu-carry WHEELS=DIR (DIR holds the wheels and mnist/, the four idx .gz files)" >&2; exit 2; }
 	@test -d "$(WHEELS)/mnist" || { echo "make gpu-carry: $(WHEELS) has no mnist/ folder; WHEELS= names the folder of the wheels (hydra-core, omegaconf, antlr4, setuptools, wheel) and mnist/ (the four idx .gz files)" >&2; exit 2; }
 	mkdir -p .gpu/mnist && cp -f $(WHEELS)/*.whl .gpu/ && cp -f $(WHEELS)/mnist/*.gz .gpu/mnist/
 	git rev-parse --short HEAD > .gpu/commit
