@@ -16,15 +16,15 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from qatrun import dist, preflight, sweep
-from qatrun.config import fingerprint
+from qatrun import dist, identity, preflight, sweep
 from qatrun.errors import TrainingError
 from qatrun.health import EXIT_DIVERGED
 from qatrun.rundir import ERROR, LOCK, SAME_AS, SUMMARY, lock_dir
 from qatrun.stop import Interrupted
-from qatrun.train import provenance, summary_lines, train  # torch and the registries: --help composes the config, which needs them anyway
+from qatrun.summary import summary_lines
+from qatrun.train import train  # torch and the registries: --help composes the config, which needs them anyway
 
 
 def fail(message: str) -> None:
@@ -105,9 +105,7 @@ def finished_twin(cfg: DictConfig, run_dir: Path) -> Path | None:
     job's own first. A finished point is not even reopened: its checkpoint may predate a state format that
     can no longer be continued (a twin rule's saved state that has since changed), and its figures stand as
     computed."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("resume", None)
-    mine = fingerprint(config, provenance(config))
+    mine = identity.of(cfg).fingerprint
     own = run_dir / SUMMARY
     if own.exists():  # this very job: not retrained if it computed this; else it continues as a resume
         return own if _finished_with(own, mine) else None

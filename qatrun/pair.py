@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from qatrun import dist
 from qatrun.estimators import Estimator
 from qatrun.layers import quant_layers, quantize_model, set_estimator
-from qatrun.metrics import ChangePointTracker, FunctionAgreement, WeightComparer
+from qatrun.metrics import METRICS, PairMetric, PairView, TestScores
 from qatrun.metrics.common import to_host
 from qatrun.models import build_model, float_names
 from qatrun.optim import build_optimizer, build_scheduler
@@ -92,6 +92,10 @@ def levels(layers) -> list[torch.Tensor]:
     return [l.grid.level_index(l.weight.detach(), l.m).to(torch.int16) for _, l in layers]
 
 
+# Checkpoints written before the metrics were plug-ins keep their state under these keys.
+_OLD_STATE_KEYS = {"comparer": "weights", "tracker": "changepoints"}
+
+
 class Pair:
     """The estimator run and its twin (or the run alone) and one lockstep iteration of both.
 
@@ -103,7 +107,7 @@ class Pair:
 
     def __init__(self, model: nn.Module, estimator: Estimator, spec: TwinSpec, *, optimizer: str, lr: float,
                  optimizer_options: dict, steps: int, warmup_frac: float, precision: str = "fp32",
-                 channels_last: bool = False, compile: bool = False, changepoints: bool = True,
+                 channels_last: bool = False, compile: bool = False, metrics=tuple(METRICS.names()),
                  measure: bool = True):
         self.est, self.spec, self.precision = estimator, spec, precision
         device = next(model.parameters()).device
@@ -119,12 +123,13 @@ class Pair:
         self.scheds = [build_scheduler(o, steps, warmup_frac) for o in self.optims]
         self.models, self.runs = models, ["est", "twin"][: len(models)]
         self.layers = [quant_layers(m) for m in models]
-        paired = len(models) == 2 and measure
-        self.comparer = WeightComparer(self.layers[0], self.layers[1], spec.init == "mirror",
-                                       to_twin=alignment_map(estimator, spec)) if paired else None
-        self.tracker = None
-        if self.comparer is not None and changepoints:
-            self.tracker = ChangePointTracker(levels(self.layers[0]), levels(self.layers[1]))
+        self.view = PairView(self.layers[0], self.layers[-1], alignment_map(estimator, spec), spec.init == "mirror") \
+            if len(models) == 2 else None
+        # rank 0 measures; a metric whose hooks run collectives is built on every rank
+        self.metrics = {n: METRICS.build(n, view=self.view) for n in metrics
+                        if self.view is not None and (measure or METRICS.get(n).every_rank)}
+        self.measured = self.view is not None and measure
+        self.stepped = [(n, m) for n, m in self.metrics.items() if type(m).update is not PairMetric.update]
         self.weights0 = [[l.weight.detach().clone() for _, l in ls] for ls in self.layers]
         self.step_fns = [compile_step(dist.wrap(m, device), o, s, precision, channels_last, compile)
                          for m, o, s in zip(models, self.optims, self.scheds)]
@@ -151,12 +156,9 @@ class Pair:
                 self.loss_sums[i] += loss
                 self.first_bad[i] = torch.where((self.first_bad[i] < 0) & ~torch.isfinite(loss), step + 1,
                                                 self.first_bad[i])
-        if self.comparer is not None:
-            with timer("accumulate"):
-                self.comparer.accumulate()
-        if self.tracker is not None:
-            with timer("tracker"):
-                self.tracker.update(step + 1, levels(self.layers[0]), levels(self.layers[1]))
+        for name, metric in self.stepped:
+            with timer(metric.section or name):
+                metric.update(step)
         self.since += 1
 
     def first_nonfinite(self) -> tuple[str, int] | None:
@@ -180,59 +182,67 @@ class Pair:
         """Each run's current lr of its quantized weights."""
         return [s.get_last_lr()[0] for s in self.scheds]
 
-    def weight_figures(self) -> dict[str, torch.Tensor]:
-        """Quantized agreement and alignment (0-dim device tensors; empty without a measured twin)."""
-        return self.comparer.compute() if self.comparer is not None else {}
+    def figures(self, per_layer: bool = False) -> dict[str, torch.Tensor]:
+        """Every selected metric's figures (0-dim device tensors; ``per_layer``: the per-layer ones too, as
+        logged; empty without a measured twin)."""
+        out = {}
+        for metric in self.metrics.values():
+            out.update(metric.compute(per_layer))
+        return out
 
-    def changepoint_figures(self, per_layer: bool = False) -> dict[str, torch.Tensor]:
-        """Change-point, mover and untrained-twin figures (0-dim device tensors; empty without a tracker)."""
-        if self.tracker is None:
-            return {}
-        names = [n for n, _ in self.layers[0]] if per_layer else None
-        return {(f"layers/{k}" if "/" in k else f"pair/{k}"): v for k, v in self.tracker.compute(names).items()}
+    def start_problems(self, figures: dict) -> list[str]:
+        """What the metrics find wrong with the pair at step 0 (the twin's init map), in words."""
+        return [p for m in self.metrics.values() if (p := m.start_problem(figures)) is not None]
+
+    def histograms(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for metric in self.metrics.values():
+            out.update(metric.histograms())
+        return out
 
     @torch.no_grad()
     def evaluate(self, test_batches) -> dict[str, float]:
-        """Test loss and accuracy of each run, and the function agreement of the pair. Under torchrun every
-        rank evaluates its shard of the test set (``test_batches`` yields this rank's) and the sums are
+        """Test loss and accuracy of each run and the metrics' evaluation figures. Under torchrun every rank
+        evaluates its shard of the test set (``test_batches`` yields this rank's) and the sums are
         all-reduced, so every rank returns the figures of the whole set."""
         for m in self.models:
             m.eval()
-        agg = FunctionAgreement()
         device = self.loss_sums.device
+        scores = TestScores(len(self.models), device)
         with autocast(self.precision, device):
             for x, y in test_batches:
                 logits = [m(x).float() for m in self.models]
                 losses = [F.cross_entropy(lg, y, reduction="none") for lg in logits]
-                agg.update(logits[0], logits[-1], y, losses[0], losses[-1])
+                scores.update(logits, y, losses)
+                for metric in self.metrics.values():
+                    metric.eval_batch(logits[0], logits[-1], y, losses[0], losses[-1])
         for m in self.models:
             m.train()
-        if dist.active():
-            agg.reduce(dist.sum_, device)
-        r = to_host(agg.compute())
-        out = {"est/test_acc": r["acc_a"], "est/test_loss": r["loss_a"]}
-        if len(self.models) == 2:
-            out.update({
-                "twin/test_acc": r["acc_b"], "twin/test_loss": r["loss_b"],
-                "pair/inference_agreement": r["inference_agreement"],
-                "pair/incorrect_inference_agreement": r["incorrect_inference_agreement"],
-                "pair/logit_mse": r["logit_mse"], "pair/logit_mad": r["logit_mad"],
-            })
-        return out
+        all_sum = dist.sum_ if dist.active() else None
+        if all_sum is not None:
+            scores.reduce(all_sum)
+        acc, loss = scores.compute()
+        out = {}
+        for run, a, l in zip(self.runs, acc, loss):
+            out |= {f"{run}/test_acc": a, f"{run}/test_loss": l}
+        for metric in self.metrics.values():
+            out |= metric.eval_compute(all_sum)
+        return to_host(out)
 
     def weight_sample(self, n: int, seed: int) -> dict[str, torch.Tensor] | None:
         """A fixed random sample of ``n`` quantized weights for the report's scatter plots: initial and
         final weights of both runs, ``map(w_est)``, the range ``m``, the final level index of each
         run, and the grid's rounding thresholds in units of ``m`` (the same for every layer)."""
-        if self.comparer is None:
+        if not self.measured:
             return None
+        to_twin = self.view.to_twin if self.view.use_mirror else (lambda layer: layer.weight.detach())
         flat = lambda ts: torch.cat([t.flatten().float().cpu() for t in ts])
         (_, first), *_ = self.layers[0]
         sample = dict(
             est0=flat(self.weights0[0]), twin0=flat(self.weights0[1]),
             est=flat(l.weight.detach() for _, l in self.layers[0]),
             twin=flat(l.weight.detach() for _, l in self.layers[1]),
-            est_mapped=flat(self.comparer.mapped(l) for _, l in self.layers[0]),
+            est_mapped=flat(to_twin(l) for _, l in self.layers[0]),
             m=torch.cat([torch.full((l.weight.numel(),), l.m) for _, l in self.layers[0]]),
             level_est=torch.cat([t.flatten().long().cpu() for t in levels(self.layers[0])]),
             level_twin=torch.cat([t.flatten().long().cpu() for t in levels(self.layers[1])]),
@@ -248,10 +258,8 @@ class Pair:
         for m, o in zip(self.models, self.optims):
             out += [*m.parameters(), *m.buffers()]
             out += [v for st in o.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
-        if self.comparer is not None:
-            out += list(self.comparer.state_tensors())
-        if self.tracker is not None:
-            out += list(self.tracker.state.values())
+        for metric in self.metrics.values():
+            out += metric.resident()
         return out + [self.loss_sums, self.first_bad]
 
     def state_dict(self) -> dict:
@@ -259,8 +267,7 @@ class Pair:
             "models": [m.state_dict() for m in self.models],
             "optims": [o.state_dict() for o in self.optims],
             "scheds": [s.state_dict() for s in self.scheds],
-            "comparer": self.comparer.state_dict() if self.comparer is not None else None,
-            "tracker": self.tracker.state_dict() if self.tracker is not None else None,
+            "metrics": {name: metric.state_dict() for name, metric in self.metrics.items()},
             "weights0": self.weights0,
             # the loss accumulators since the last log: a checkpoint between two logs (an interrupt, the
             # wall-clock checkpoint) resumes to the same logged means
@@ -277,10 +284,14 @@ class Pair:
             o.load_state_dict(s)
         for sc, s in zip(self.scheds, state["scheds"]):
             sc.load_state_dict(s)
-        if self.comparer is not None:
-            self.comparer.load_state_dict(state["comparer"])
-        if self.tracker is not None:
-            self.tracker.load_state_dict(state["tracker"])
+        saved = state.get("metrics") or {new: state[old] for old, new in _OLD_STATE_KEYS.items() if state.get(old)}
+        for name, metric in self.metrics.items():
+            if name not in saved and not metric.state_dict():  # a metric that keeps nothing between steps
+                continue
+            if name not in saved:
+                raise ValueError(f"the checkpoint holds no state of metric {name!r} (it has {', '.join(saved) or 'none'})"
+                                 "; resume with the trainer.metrics it was written with")
+            metric.load_state_dict(saved[name])
         self.weights0 = state["weights0"]
         if "losses" in state:  # checkpoints before the wall-clock checkpoint were written at log steps only
             self.loss_sums.copy_(state["losses"]["sums"])

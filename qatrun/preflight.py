@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf, open_dict
 
 from qatrun import checkpoint as ckpt
+from qatrun import identity
 from qatrun.checks import nearest
 from qatrun.compose import compose_config
 from qatrun.rundir import STATUS
@@ -173,9 +174,7 @@ def refuse_changed(run_dir: Path, cfg) -> None:
     """A command into a run directory whose checkpoint says another config is refused here, before Hydra
     rewrites that run's ``.hydra/``: the finished run's saved config keeps describing its results."""
     if (run_dir / ckpt.NAME).is_file():
-        config = OmegaConf.to_container(cfg, resolve=True)
-        config.pop("resume", None)
-        diff = config_diff(ckpt.load(run_dir / ckpt.NAME)["config"], config)  # the resume rule, the one there is
+        diff = config_diff(ckpt.load(run_dir / ckpt.NAME)["config"], identity.resolved(cfg))  # the resume rule, the one there is
         if diff:
             raise UserError(f"{run_dir} already holds a run whose config differs in {', '.join(diff)}; nothing was "
                             f"changed there: choose another directory, or continue it as saved with qatrun "

@@ -1,15 +1,20 @@
 """What is logged is what is kept: figures go to TensorBoard and the curves the summary and the
 report need are kept in one ``history`` (saved in checkpoints and in ``summary.json``).
 
-``CURVES`` is the one list of kept curves: per kind of logging point (``log`` every
-``trainer.log_every`` steps, ``eval`` every ``trainer.eval_every``), the step key and the figures.
+``curves_of(metrics)`` is the one list of kept curves: per kind of logging point (``log`` every
+``trainer.log_every`` steps, ``eval`` every ``trainer.eval_every``), the step key and the figures, from
+the figures the selected metrics declare (``qatrun.metrics.names``).
 """
 
 from __future__ import annotations
 
-from qatrun.metricnames import curves
+from qatrun.metrics.names import curves
 
-CURVES = {kind: (f"{kind}_step", curves(kind)) for kind in ("log", "eval")}  # qatrun.metricnames: the one table
+KINDS = ("log", "eval")
+
+
+def curves_of(metrics=None) -> dict[str, tuple[str, tuple[str, ...]]]:
+    return {kind: (f"{kind}_step", curves(kind, metrics)) for kind in KINDS}
 
 
 # TensorBoard's Custom Scalars tab: the estimator run and its twin on one chart per figure (the tags stay
@@ -31,12 +36,13 @@ LAYOUT = {
 
 class Recorder:
     """``record(kind, step, figures)`` writes the figures to ``tb`` (a ``TBLogger`` or None) and keeps
-    the ``CURVES`` of that kind in ``history``."""
+    the curves of that kind that ``metrics`` (registry names; default every one) declare in ``history``."""
 
-    def __init__(self, tb=None):
+    def __init__(self, metrics=None, tb=None):
         self.tb = tb
+        self.curves = curves_of(metrics)
         self.history: dict[str, list] = {}
-        for step_key, keys in CURVES.values():
+        for step_key, keys in self.curves.values():
             self.history[step_key] = []
             self.history.update({k: [] for k in keys})
 
@@ -44,7 +50,7 @@ class Recorder:
         if self.tb is not None:
             self.tb.scalars(figures, step)
         if keep:
-            step_key, keys = CURVES[kind]
+            step_key, keys = self.curves[kind]
             self.history[step_key].append(step)
             for k in keys:
                 if k in figures:

@@ -86,6 +86,7 @@ class Trainer:
     checkpoint_every: int = MISSING
     checkpoint_minutes: float = MISSING
     changepoints: bool = MISSING
+    metrics: Any = MISSING  # "all" or a list of metric names
     progress: bool = MISSING
     scatter_sample: int = MISSING
 

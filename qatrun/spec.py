@@ -10,12 +10,13 @@ preflight is exactly what training does, minus the training. Errors are ``ValueE
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from omegaconf import OmegaConf
 
-from qatrun import checks, estimators, optim
+from qatrun import checks, estimators, identity, optim
+from qatrun.metrics import select as select_metrics
 from qatrun.data import DataShape, describe
 from qatrun.models import check_model
 from qatrun.pair import TwinSpec, autocast, resolve_twin
@@ -57,7 +58,25 @@ def build_estimators(cfg):
 
 
 @dataclass(frozen=True)
+class TrainerSpec:
+    """The loop's settings (``trainer.*``): lengths, when to log, evaluate and checkpoint, what to measure."""
+
+    max_steps: int | None
+    epochs: int
+    warmup_frac: float
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+    checkpoint_minutes: float
+    metrics: tuple  # the pair metrics measured (``qatrun.metrics``), by registry name
+    progress: bool
+    scatter_sample: int
+
+
+@dataclass(frozen=True)
 class RunSpec:
+    """Everything a run is built from; ``train`` reads nothing else."""
+
     estimator: estimators.Estimator
     twin_estimator: estimators.Estimator | None
     twin: TwinSpec
@@ -72,16 +91,22 @@ class RunSpec:
     data: str
     data_options: dict
     shape: DataShape
-    max_steps: int | None
-    epochs: int
     device: torch.device
-    extra: dict = field(default_factory=dict)
+    trainer: TrainerSpec
+    seed: int
+    deterministic: bool
+    precision: str
+    channels_last: bool
+    compile: bool
+    run: identity.RunIdentity  # the resolved config, its provenance and fingerprint
+    warnings: tuple = ()  # said once when the run starts
 
     def steps(self, steps_per_epoch: int) -> int:
-        return self.max_steps if self.max_steps is not None else self.epochs * steps_per_epoch
+        tr = self.trainer
+        return tr.max_steps if tr.max_steps is not None else tr.epochs * steps_per_epoch
 
 
-def check_trainer(tr) -> None:
+def build_trainer(tr) -> TrainerSpec:
     if tr.max_steps is not None:
         checks.positive_int("trainer.max_steps", tr.max_steps)
     else:
@@ -91,6 +116,15 @@ def check_trainer(tr) -> None:
     checks.in_range("trainer.warmup_frac", tr.warmup_frac, 0, 1)
     checks.positive("trainer.checkpoint_minutes", tr.checkpoint_minutes)
     checks.positive_int("trainer.scatter_sample", tr.scatter_sample, minimum=0)
+    names = OmegaConf.to_container(tr.metrics) if OmegaConf.is_config(tr.metrics) else tr.metrics
+    try:
+        metrics = select_metrics(names)
+    except ValueError as exc:
+        raise ValueError(f"trainer.metrics: {exc}") from None
+    if not tr.changepoints:  # the older switch for one metric, kept so saved configs mean what they meant
+        metrics = [m for m in metrics if m != "changepoints"]
+    return TrainerSpec(tr.max_steps, tr.epochs, tr.warmup_frac, tr.log_every, tr.eval_every, tr.checkpoint_every,
+                       tr.checkpoint_minutes, tuple(metrics), tr.progress, tr.scatter_sample)
 
 
 def build(cfg, data_shape: DataShape | None = None) -> RunSpec:
@@ -102,7 +136,7 @@ def build(cfg, data_shape: DataShape | None = None) -> RunSpec:
     if cfg.seed > SEED_MAX:  # torch's CPU generator (mt19937) keeps the low 32 bits: 2^40 would be seed 0 again
         raise ValueError(f"seed must be an integer from 0 to {SEED_MAX}, got {cfg.seed}: torch's CPU generator keeps "
                          f"32 bits, so it would repeat seed {cfg.seed % (SEED_MAX + 1)}")
-    check_trainer(cfg.trainer)
+    trainer = build_trainer(cfg.trainer)
     data_name, data_options = group(cfg.dataset)
     shape = data_shape or describe(data_name, **data_options)
     est, twin_est = build_estimators(cfg)
@@ -114,12 +148,12 @@ def build(cfg, data_shape: DataShape | None = None) -> RunSpec:
     model_name, model_options = group(cfg.model)
     he_init, quantize_linear = model_options.pop("he_init"), model_options.pop("quantize_linear")
     quantized = check_model(model_name, model_options, shape.input_shape, shape.num_classes, quantize_linear)
-    tr = cfg.trainer
-    spec = RunSpec(est, twin_est, twin, opt_name, lr, opt_options, model_name, model_options, he_init,
-                   quantize_linear, quantized, data_name, data_options, shape, tr.max_steps, tr.epochs, device)
-    if optim.OPTIMIZERS.meta(opt_name).get("lr_at_first_step") and tr.warmup_frac > 0:
-        spec.extra["warnings"] = [
-            f"optimizer={opt_name} reads its lr once, at the first step, where the warm-up (trainer.warmup_frac="
-            f"{tr.warmup_frac:g}) has it at 0: optimizer.lr={lr:g} has no effect and every step size starts at its "
-            "minimum; set trainer.warmup_frac=0 to start from optimizer.lr"]
-    return spec
+    warnings = ()
+    if optim.OPTIMIZERS.meta(opt_name).get("lr_at_first_step") and trainer.warmup_frac > 0:
+        warnings = (f"optimizer={opt_name} reads its lr once, at the first step, where the warm-up (trainer.warmup_frac="
+                    f"{trainer.warmup_frac:g}) has it at 0: optimizer.lr={lr:g} has no effect and every step size starts "
+                    "at its minimum; set trainer.warmup_frac=0 to start from optimizer.lr",)
+    return RunSpec(est, twin_est, twin, opt_name, lr, opt_options, model_name, model_options, he_init, quantize_linear,
+                   quantized, data_name, data_options, shape, device, trainer, cfg.seed, cfg.deterministic,
+                   cfg.precision, cfg.channels_last, cfg.compile, identity.of(cfg), warnings)
+

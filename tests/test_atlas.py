@@ -89,10 +89,10 @@ def test_rprop_under_a_warm_up_from_zero_is_warned_about(capsys):
     from qatrun import spec
     from tests.conftest import make_cfg
 
-    (line,) = spec.build(make_cfg("optimizer=rprop")).extra["warnings"]
+    (line,) = spec.build(make_cfg("optimizer=rprop")).warnings
     assert "optimizer.lr=0.001 has no effect" in line and "trainer.warmup_frac=0" in line
-    assert "warnings" not in spec.build(make_cfg("optimizer=rprop", "trainer.warmup_frac=0")).extra
-    assert "warnings" not in spec.build(make_cfg("optimizer=adam")).extra
+    assert spec.build(make_cfg("optimizer=rprop", "trainer.warmup_frac=0")).warnings == ()
+    assert spec.build(make_cfg("optimizer=adam")).warnings == ()
 
 
 def test_rprop_ignores_its_lr_under_the_warm_up():

@@ -83,7 +83,7 @@ def test_pair_trains_both_runs_in_lockstep(tiny_case):
     est_layers, twin_layers = pair.layers
     est0, twin0 = pair.weights0
     iterations = 2 + 2 + 1  # warm-up, timed, memory pass
-    assert loop.step == iterations and pair.tracker.last_step == iterations
+    assert loop.step == iterations and pair.metrics["changepoints"].tracker.last_step == iterations
     assert pair.spec.init == "mirror" and pair.spec.lr_factor == pytest.approx(0.609523, abs=1e-6)
     lr = loop.cfg.optimizer.lr
     assert [g["lr"] for g in pair.optims[0].param_groups] == pytest.approx([lr, lr], rel=1e-4)
@@ -100,7 +100,7 @@ def test_pair_trains_both_runs_in_lockstep(tiny_case):
     n = sum(e.numel() for e in est0)
     assert moved_est > n // 2 and moved_twin > n // 2  # both runs trained (not just one)
 
-    figs = {k: float(v) for k, v in pair.comparer.compute().items()}
+    figs = {k: float(v) for k, v in pair.metrics["weights"].compute().items()}
     assert figs["pair/distance_travelled"] > 0
     assert figs["pair/quantized_agreement"] > 0.9  # and they track each other
     history = loop.rec.history
@@ -112,7 +112,7 @@ def test_pair_trains_both_runs_in_lockstep(tiny_case):
 def test_single_and_plain_train_and_plain_is_plain_torch(tiny_case):
     runners = tiny_case["_runners"]
     single = runners["single"]
-    assert single.pair.comparer is None and single.pair.tracker is None and len(single.pair.models) == 1
+    assert not single.pair.metrics and not single.pair.measured and len(single.pair.models) == 1
     assert any(not torch.equal(l.weight.detach(), w0)
                for (_, l), w0 in zip(single.pair.layers[0], single.pair.weights0[0]))
     plain = runners["plain"]

@@ -103,7 +103,7 @@ def test_every_optimizer_and_estimator_builds_a_pair_that_steps(optimizer, estim
     spec = build_spec(cfg)
     rule = optim.twin_rule(optimizer)
     assert spec.twin.role == ("warped" if rule == "warp" else "plain_ste") and spec.twin.predicted
-    pair = pair_from_spec(cfg, spec, torch.device("cpu"), steps=10)
+    pair = pair_from_spec(spec, torch.device("cpu"), steps=10)
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     pair.step(0, x, y)
     for run, layers in enumerate(pair.layers):

@@ -43,7 +43,7 @@ def test_each_rank_evaluates_its_shard_and_the_sums_give_the_whole_set(monkeypat
 
 def test_the_nan_watch_is_decided_over_every_rank(monkeypatch):
     cfg = make_cfg()
-    pair = pair_from_spec(cfg, build_spec(cfg), torch.device("cpu"), steps=10)
+    pair = pair_from_spec(build_spec(cfg), torch.device("cpu"), steps=10)
     assert pair.first_nonfinite() is None
     # another rank saw the twin's loss turn NaN at step 3: this rank must stop too
     monkeypatch.setattr(dist, "min_", lambda t: torch.minimum(t, torch.tensor([t[0], 3])))
@@ -56,7 +56,7 @@ def test_dynamo_is_reset_once_per_job_not_per_pair(monkeypatch, tmp_path):
     cfg = make_cfg("compile=true")
     spec = build_spec(cfg)
     for _ in range(2):  # the benchmark builds several compiled pairs: none may throw the others' caches away
-        pair_from_spec(cfg, spec, torch.device("cpu"), steps=10)
+        pair_from_spec(spec, torch.device("cpu"), steps=10)
     assert calls == []
     monkeypatch.setattr("qatrun.train.pair_from_spec", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop")))
     try:

@@ -150,7 +150,7 @@ def test_inverse_matches_the_closed_form():
 def tiny_pair(A, twin, mode="full", seed=0, model=None):
     model = build_run("small_cnn", 10, A, seed) if model is None else model
     spec = resolve_twin(mode, A, optimizer_warps=True, twin_estimator=twin)
-    return Pair(model, A, spec, optimizer="sgd", lr=0.01, steps=10, warmup_frac=0.1, changepoints=False,
+    return Pair(model, A, spec, optimizer="sgd", lr=0.01, steps=10, warmup_frac=0.1, metrics=("weights",),
                 optimizer_options={"momentum": 0.9, "nesterov": False, "weight_decay": 0.0})
 
 
@@ -165,6 +165,6 @@ def test_step0_invariants_for_every_pair(bits):
         for B, _ in zoo_:
             if B.needs_progress:
                 continue  # an annealed twin: the same map as its reference, covered by that one
-            figs = tiny_pair(A, B, model=model).weight_figures()
+            figs = tiny_pair(A, B, model=model).figures()
             assert figs["pair/quantized_agreement"].item() == 1.0, (A, B)
             assert figs["pair/alignment_distance"].item() == 0.0, (A, B)

@@ -197,8 +197,8 @@ def test_alignment_over_zero_distance_is_null_never_zero():
     from qatrun.train import pair_from_spec
 
     cfg = make_cfg()
-    pair = pair_from_spec(cfg, build_spec(cfg), torch.device("cpu"), steps=10)
-    figs = WeightComparer.compute(pair.comparer)
+    pair = pair_from_spec(build_spec(cfg), torch.device("cpu"), steps=10)
+    figs = WeightComparer.compute(pair.metrics["weights"].comparer)
     assert float(figs["pair/distance_travelled"]) == 0.0
     assert torch.isnan(figs["pair/alignment_error"]) and torch.isnan(figs["pair/alignment_error_identity"])
 

@@ -12,11 +12,12 @@ PKG = Path(__file__).resolve().parents[1] / "qatrun"
 # subpackage, from its own siblings when that makes no circle).
 FLOORS = [
     {"qatrun", "qatrun.checks", "qatrun.files", "qatrun.config", "qatrun.registry", "qatrun.shapes",
-     "qatrun.device", "qatrun.userimport", "qatrun.metricnames",
+     "qatrun.device", "qatrun.userimport", "qatrun.errors",
      "qatrun.stop", "qatrun.health"},
-    {"qatrun.quant", "qatrun.dist", "qatrun.tblog", "qatrun.record"},
+    {"qatrun.quant", "qatrun.dist", "qatrun.tblog", "qatrun.rundir", "qatrun.identity"},
     {"qatrun.estimators", "qatrun.metrics", "qatrun.models", "qatrun.data", "qatrun.optim", "qatrun.checkpoint"},
-    {"qatrun.layers", "qatrun.twin"},
+    {"qatrun.quantizers"},
+    {"qatrun.layers", "qatrun.twin", "qatrun.record", "qatrun.summary"},
     {"qatrun.pair", "qatrun.schema"},
     {"qatrun.spec"},
     {"qatrun.train"},

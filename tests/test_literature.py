@@ -105,7 +105,7 @@ def test_the_pair_tells_the_annealed_estimator_the_progress():
     est = E.create("dsq_anneal", bits=2, k=None, k_end=22.0, schedule="geometric")
     model = build_run("small_cnn", 10, est, seed=0)
     pair = Pair(model, est, resolve_twin("auto", est, True), optimizer="sgd", lr=0.01, steps=4, warmup_frac=0.0,
-                optimizer_options={"momentum": 0.0, "nesterov": False, "weight_decay": 0.0}, changepoints=False)
+                optimizer_options={"momentum": 0.0, "nesterov": False, "weight_decay": 0.0}, metrics=("weights",))
     x, y = torch.randn(2, 1, 28, 28), torch.tensor([1, 2])
     for step in range(3):
         pair.step(step, x, y)

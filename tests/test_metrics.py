@@ -354,7 +354,7 @@ def test_steps_must_increase():
 
 def test_hash_no_overflow_long_sequence():
     # a long oscillation-free walk: hash state must equal the exact Python polynomial hash
-    from qatrun.metrics.changepoints import _BASES, _PRIMES
+    from qatrun.metrics.seqhash import _BASES, _PRIMES
 
     rng = random.Random(3)
     levels = [rng.randrange(256)]
@@ -566,7 +566,7 @@ def test_backtrack_never_separates_what_compressed_joins():
 def test_tracker_hashes_are_those_of_the_reduced_sequences(sparse):
     # state, not just figures: each rule's count and both hashes equal the polynomial hash of the reduced
     # sequence (so a drop or a pop really undoes the hash of the last element)
-    from qatrun.metrics.changepoints import _BASES, _PRIMES
+    from qatrun.metrics.seqhash import _BASES, _PRIMES
 
     rng = random.Random(8)
     seqs = [_random_exact(rng, rng.choice([2, 3, 5]), rng.randrange(1, 25)) for _ in range(300)]
@@ -743,7 +743,7 @@ def test_with_grid_level_index():
 
 
 def test_upgrade_summary_moves_old_compressed_figures_to_backtrack():
-    from qatrun.metricnames import upgrade_summary
+    from qatrun.metrics.names import upgrade_summary
 
     old = {"steps": 100, "pair/sequence_agreement": 0.99, "pair/sequence_agreement_compressed": 0.995,
            "pair/changepoint_error": 0.8, "pair/changepoint_error_compressed": 1.9,
@@ -769,7 +769,7 @@ def test_upgrade_summary_on_a_committed_summary():
     import json
     from pathlib import Path
 
-    from qatrun.metricnames import upgrade_summary
+    from qatrun.metrics.names import upgrade_summary
 
     root = Path(__file__).resolve().parents[1] / "results" / "mnist" / "runs"
     s = None

@@ -15,7 +15,7 @@ from qatrun.config import ADDED, config_diff, fingerprint, with_added
 from qatrun.pair import Pair, build_run, resolve_twin
 from qatrun.record import Recorder
 from qatrun.spec import build as build_spec
-from qatrun.train import summarize, summary_lines
+from qatrun.summary import summarize, summary_lines
 from tests.conftest import make_cfg
 
 M = 0.41
@@ -254,9 +254,9 @@ def test_step0_invariant_holds_for_weights_outside_the_range():
                 if p.dim() == 4:
                     p.mul_(2.5)  # about 60% of the conv weights now lie outside [-m, m]
         spec = resolve_twin("full", A, True, extension=extension)
-        pair = Pair(model, A, spec, optimizer="sgd", lr=0.01, steps=10, warmup_frac=0.1, changepoints=False,
+        pair = Pair(model, A, spec, optimizer="sgd", lr=0.01, steps=10, warmup_frac=0.1, metrics=("weights",),
                     optimizer_options={"momentum": 0.9, "nesterov": False, "weight_decay": 0.0})
-        figs = pair.weight_figures()
+        figs = pair.figures()
         assert figs["pair/quantized_agreement"].item() == 1.0 and figs["pair/alignment_distance"].item() == 0.0
 
 
@@ -267,9 +267,9 @@ def test_the_key_reaches_the_spec_the_summary_and_the_printed_line():
         assert spec.twin.extension == extension
         A = spec.estimator
         pair = Pair(build_run("small_cnn", 10, A, seed=0), A, spec.twin, optimizer="sgd", lr=0.01, steps=10,
-                    warmup_frac=0.1, changepoints=False,
+                    warmup_frac=0.1, metrics=("weights",),
                     optimizer_options={"momentum": 0.9, "nesterov": False, "weight_decay": 0.0})
-        summary = summarize(pair, 0, 0, {}, Recorder().history, {"optimizer": {"name": "sgd", "lr": 0.01}})
+        summary = summarize(pair, spec, 0, {}, Recorder().history)
         assert summary["mirror_extension"] == extension
         first = summary_lines(summary)[0]
         assert first.endswith("sgd lr 0.01; M periodic outside [-m, m]") == (extension == "periodic"), first

@@ -146,7 +146,8 @@ def test_deterministic_pooling_equals_adaptive_avg_pool(shape, out, channels_las
 
 def test_deterministic_pooling_swaps_resnet_pool_only_for_deterministic_cuda_runs():
     from qatrun.models.deterministic import DeterministicAdaptiveAvgPool2d, deterministic_pooling
-    from qatrun.train import build_spec, pair_from_spec
+    from qatrun.spec import build as build_spec
+    from qatrun.train import pair_from_spec
     from tests.conftest import make_cfg
 
     torch.manual_seed(0)
@@ -160,7 +161,7 @@ def test_deterministic_pooling_swaps_resnet_pool_only_for_deterministic_cuda_run
     # A CPU run, deterministic or not, keeps torch's layer: its numbers stay those of every earlier CPU run.
     cfg = make_cfg("model=resnet18", "dataset=synthetic", "dataset.image_size=32", "dataset.num_classes=10",
                    "device=cpu", "deterministic=true", tiny=False)
-    pair = pair_from_spec(cfg, build_spec(cfg), torch.device("cpu"), 2)
+    pair = pair_from_spec(build_spec(cfg), torch.device("cpu"), 2)
     assert all(type(m.avgpool) is torch.nn.AdaptiveAvgPool2d for m in pair.models)
 
 

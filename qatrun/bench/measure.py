@@ -18,7 +18,7 @@ from qatrun.bench.cases import Case, check_targets
 from qatrun.bench.runners import PlainStep, QatLoop, make_batch, make_cfg, without_compile
 from qatrun.bench.timing import allocated, loadavg, sync
 from qatrun.device import fp32_precision, set_fp32_precision
-from qatrun.train import group
+from qatrun.spec import group
 
 # ----------------------------------------------------------------------------------------------
 # Memory and profile
@@ -83,9 +83,10 @@ def _cpu_peak_from_profile(prof) -> int:
 
 def tracker_figures(pair) -> dict | None:
     """The change-point tracker's size: weights tracked, state bytes (both runs), bytes per weight."""
-    t = pair.tracker
-    if t is None:
+    metric = pair.metrics.get("changepoints")
+    if metric is None:
         return None
+    t = metric.tracker
     nbytes = _storage_bytes(t.state.values())
     return {"weights": t.numel, "state_bytes": nbytes, "bytes_per_weight": nbytes / max(t.numel, 1)}
 
@@ -100,7 +101,7 @@ def profile_pair(runner: QatLoop, iterations: int = 1, top: int = 12) -> dict:
         with profile(activities=acts) as prof:
             for _ in range(iterations):
                 runner.iteration()
-            if runner.pair.comparer is not None:
+            if runner.pair.measured:
                 runner.log()
             sync(runner.x.device)
     finally:

@@ -1,6 +1,7 @@
-"""Function agreement of two runs' test-set logits, and the Pearson correlation of two curves.
+"""The ``function`` pair metric: agreement of two runs' test-set logits and the correlation of their curves.
 
-Pure torch (no I/O, no config); ``FunctionAgreement.update`` keeps its sums on the device.
+Also each run's own test scores (``TestScores``, which every pair evaluates whatever the metrics) and the
+Pearson correlation of two curves. Pure torch (no I/O, no config); the sums stay on the device.
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ import math
 
 import torch
 
+from qatrun.metrics.base import METRICS, Figure, PairMetric
 from qatrun.metrics.common import NAN as _NAN, ratio
-
-
 
 class FunctionAgreement:
     """Function agreement of two runs on the same test examples, accumulated over batches.
@@ -171,3 +171,67 @@ def pearson(x, y, min_points: int = 2) -> float:
         return _NAN
     r = float((xc * yc).sum()) / den
     return max(-1.0, min(1.0, r)) if math.isfinite(r) else _NAN
+
+
+class TestScores:
+    """Each run's accuracy and mean per-example loss over a test set: int64 counts and float64 sums on the
+    device, the same arithmetic as ``FunctionAgreement``'s ``acc_*`` and ``loss_*``."""
+
+    def __init__(self, runs: int, device):
+        self.correct = [torch.zeros((), dtype=torch.int64, device=device) for _ in range(runs)]
+        self.loss = [torch.zeros((), dtype=torch.float64, device=device) for _ in range(runs)]
+        self.n = 0
+
+    @torch.no_grad()
+    def update(self, logits: list, labels, losses: list) -> None:
+        for i, (lg, ls) in enumerate(zip(logits, losses)):
+            self.correct[i] += (lg.argmax(dim=1) == labels).sum()
+            self.loss[i] += ls.detach().to(torch.float64).sum()
+        self.n += labels.shape[0]
+
+    def reduce(self, all_sum) -> None:
+        """Sum over torchrun ranks in place (each evaluated its shard of the test set)."""
+        dev = self.correct[0].device
+        packed = all_sum(torch.stack([*self.correct, *self.loss]).to(torch.float64))
+        k = len(self.correct)
+        self.correct = [v.to(torch.int64) for v in packed[:k]]
+        self.loss = list(packed[k:])
+        self.n = int(all_sum(torch.tensor([self.n], dtype=torch.int64, device=dev)).item())
+
+    def compute(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(accuracies, mean losses), one 0-dim tensor per run."""
+        return [ratio(c, self.n) for c in self.correct], [ratio(l, self.n) for l in self.loss]
+
+
+@METRICS.register("function")
+class FunctionFigures(PairMetric):
+    """Inference agreement and logit distances at every evaluation; the correlation of the two runs' loss
+    and accuracy curves at the end (``MIN_CURVE_POINTS`` points at least)."""
+
+    every_rank = True  # its evaluation all-reduces over torchrun ranks, so every rank must hold it
+    figures = (
+        Figure("pair/inference_agreement", None, True, column=("Inference agreement", "frac", 100), order=130),
+        Figure("pair/logit_mse", None, True, column=("Logit MSE", "err", 110), order=140),
+        Figure("pair/corr_train_loss", column=("Corr. train loss", "frac", 120), order=300),
+        Figure("pair/corr_test_acc", column=("Corr. test acc.", "frac", 130), order=301),
+    )
+    CURVES = (("loss", "train_loss"), ("test_loss", "test_loss"), ("test_acc", "test_acc"))
+
+    def __init__(self, view):
+        super().__init__(view)
+        self.agg = FunctionAgreement()
+
+    def eval_batch(self, logits_a, logits_b, labels, loss_a, loss_b) -> None:
+        self.agg.update(logits_a, logits_b, labels)
+
+    def eval_compute(self, all_sum=None) -> dict[str, torch.Tensor]:
+        agg, self.agg = self.agg, FunctionAgreement()
+        if all_sum is not None:
+            agg.reduce(all_sum, self.view.device)
+        r = agg.compute()
+        return {f"pair/{k}": r[k] for k in ("inference_agreement", "incorrect_inference_agreement", "logit_mse",
+                                            "logit_mad")}
+
+    def final(self, history: dict) -> dict[str, float]:
+        return {f"pair/corr_{name}": pearson(history[f"est/{curve}"], history[f"twin/{curve}"],
+                                             min_points=MIN_CURVE_POINTS) for curve, name in self.CURVES}

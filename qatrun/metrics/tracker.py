@@ -1,4 +1,5 @@
-"""Change-point sequences of the quantized weights of two runs, online and in bounded memory.
+"""Change-point sequences of the quantized weights of two runs, online and in bounded memory (the math
+behind the ``changepoints`` pair metric, ``qatrun.metrics.changepoints``).
 
 Pure torch: O(1) state per weight, no history, elementwise kernels only (see ChangePointTracker).
 """
@@ -9,33 +10,7 @@ import torch
 
 from qatrun.metrics.common import ratio
 
-# Two independent polynomial hashes: h <- (h * B + (level + 1)) mod P, with P < 2^31 so h fits in
-# int32 and h * B + level + 1 < 2^62 + 2^15 fits in int64.
-_PRIMES = (2147483647, 2147483629)
-_BASES = (742938285, 1000000007)
-# Inverses of the bases mod P: a hash can drop its last element, h' = (h - (level + 1)) * B^-1 mod P, so
-# removing a change needs no stored copy of the hash before it.
-_INV_BASES = tuple(pow(b, -1, p) for b, p in zip(_BASES, _PRIMES))
-_NO_LEVEL = -1  # "no such level" (levels are >= 0)
-# Each rule's figures (suffix of the figure names) from its count, hash and error-integral state.
-_RULES = {"": ("count", "hash", "dist"), "_compressed": ("ccount", "chash", "cdist"),
-          "_backtrack": ("bcount", "bhash", "bdist")}
-_RUNS = ("a", "b")
-_PER_RUN = ("level", "prev", "count", "hash", "osc",  # exact sequence, oscillations
-            "bcount", "bhash", "can_undo",  # backtrack rule
-            "ccount", "chash", "clast2", "clast3")  # compressed (the authors') rule
-
-
-def _flat_levels(levels, check: bool = False) -> torch.Tensor:
-    """One flat int16 tensor from a tensor or a list of per-layer tensors (``check``: range, syncs)."""
-    parts = [levels] if isinstance(levels, torch.Tensor) else list(levels)
-    if check:
-        for l in parts:
-            if l.is_floating_point() or l.is_complex():
-                raise TypeError(f"level indices must be integer tensors, got {l.dtype}")
-            if l.numel() and not (0 <= int(l.min()) and int(l.max()) < 2**15 - 1):
-                raise ValueError("level indices must be in [0, 32767)")
-    return torch.cat([l.reshape(-1).to(torch.int16) for l in parts])
+from qatrun.metrics.seqhash import _BASES, _INV_BASES, _NO_LEVEL, _PER_RUN, _PRIMES, _RULES, _RUNS, _flat_levels  # noqa: F401
 
 
 class ChangePointTracker:
@@ -93,17 +68,7 @@ class ChangePointTracker:
     * **Oscillation**: a change back to the level held before the previous change (``x-y-x``);
       ``a-b-a-b`` has 2. ``oscillations_a/b``: totals; ``oscillating_fraction_a/b``: fraction of
       weights with at least one. ``changes_a/b``: total number of changes.
-    * **Movers**: weights whose level changed at least once in either run; the claim is about
-      them (most weights of a short run never change level, and those agree trivially).
-      ``mover_fraction``; over movers only: ``mover_agreement`` (same final level) and
-      ``mover_sequence_agreement`` (identical exact sequences). The change-point error needs no
-      mover version: a weight that never changed adds nothing to either of its sums.
-    * **Untrained-twin baselines**: what a twin that never trained would score (its levels stay
-      the initial ones, which both runs share): ``quantized_agreement_untrained`` (run a's final
-      level equals its initial level), ``sequence_agreement_untrained`` (run a never changed) and
-      their mover versions ``mover_agreement_untrained``, ``mover_sequence_agreement_untrained``.
-    * ``compute(layers=names)``: also the mover figures per layer, when the initial levels were
-      given as one tensor per layer.
+    * **Movers** and the **untrained-twin baselines**: ``qatrun.metrics.changepoints``.
 
     Sequence equality is tested with two polynomial rolling hashes per weight and run
     (``h <- h * B + level + 1 mod P``, P1 = 2^31 - 1 and P2 = 2147483629, different bases),
@@ -115,14 +80,12 @@ class ChangePointTracker:
     count + 2 x int32 hash + bool oscillated = 17 B; backtrack: int32 count + 2 x int32 hash + bool
     pop available = 13 B; compressed: int32 count + 2 x int32 hash + 2 x int16 ``S[-2]``, ``S[-3]``
     = 16 B) = 2 x 46 B, plus 3 x int64 accumulated error (exact, backtrack, compressed) + int16
-    initial level of run a = 118 bytes per weight (3.0 GB for ResNet-50's 25M weights; 94 B before
-    the compressed rule was added, when the backtrack rule kept a copy of its hash instead of
-    inverting it). A dense ``update`` also holds, transiently, one run's new state (46 B/weight) and
+    initial level of run a = 118 bytes per weight (3.0 GB for ResNet-50's 25M weights; inverting the
+    hash on a drop or pop saves keeping a copy of it). A dense ``update`` also holds, transiently, one run's new state (46 B/weight) and
     a few int64 temporaries (up to 16 B/weight each).
 
-    ``state_dict()`` holds plain CPU tensors only (including the last step), so a checkpoint
-    restores the tracker exactly: ``load_state_dict`` into a tracker of the same size (copied to
-    its device), or ``ChangePointTracker.from_state_dict(sd, device=...)``.
+    ``state_dict()`` holds plain CPU tensors (and the last step): ``load_state_dict`` or
+    ``from_state_dict(sd, device=...)`` restores the tracker exactly.
     """
 
     def __init__(self, init_levels_a, init_levels_b, init_step: int = 0, sparse: bool | None = None):
@@ -164,8 +127,6 @@ class ChangePointTracker:
         self.state["a.init"] = la.clone()  # for the untrained-twin baselines
         for k in ("dist", "bdist", "cdist"):  # exact, backtrack, compressed
             self.state[k] = torch.zeros(self.numel, dtype=torch.int64, device=dev)
-
-    # -- update -----------------------------------------------------------------------------
 
     def _append_hash(self, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """(h * B + v) mod P for both hashes; h int32 [2, n], v int64 [n] (level + 1)."""
@@ -248,7 +209,6 @@ class ChangePointTracker:
         self._update_run("b", lb)
         self.last_step = step
 
-    # -- results ----------------------------------------------------------------------------
     @torch.no_grad()
     def compute(self, layers: list[str] | None = None) -> dict[str, torch.Tensor]:
         """The figures over all weights; with ``layers`` (one name per layer of the initial levels)
@@ -301,8 +261,6 @@ class ChangePointTracker:
             "mover_sequence_agreement_untrained": ratio(c["mover_still"], c["mover"]),
         }
 
-    # -- checkpointing ----------------------------------------------------------------------
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Plain tensors, always copied to the CPU (no device-memory duplicate; syncs)."""
         sd = {k: v.detach().to("cpu", copy=True) for k, v in self.state.items()}
@@ -315,7 +273,7 @@ class ChangePointTracker:
         expected = set(self.state) | {"last_step", "hash_params", "sizes"}
         if "a.chash_before" in sd:  # its "compressed" state is the backtrack rule's; the authors' needs the history
             raise ValueError("state dict was written before the compressed rule became the authors' (x-y-x-y -> "
-                             "x-y, issue #21); it cannot be continued: restart the run")
+                             "x-y), without the history that rule needs; it cannot be continued: restart the run")
         if set(sd) != expected:
             raise ValueError(f"state dict keys differ: missing {sorted(expected - set(sd))}, "
                              f"unexpected {sorted(set(sd) - expected)}")

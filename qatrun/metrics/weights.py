@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from qatrun.metrics.base import METRICS, Figure, PairMetric
+
 
 class WeightComparer:
     """Quantized agreement and alignment between two runs' quantized weights, all on the device.
@@ -98,3 +100,47 @@ class WeightComparer:
         self.travelled.copy_(state["travelled"])
         for p, s in zip(self._prev, state["prev"]):
             p.copy_(s)
+
+
+@METRICS.register("weights")
+class WeightAgreement(PairMetric):
+    """Quantized agreement and alignment (``WeightComparer``), with the step-0 invariant: a twin starts on
+    the estimator run's levels and at its mapped weights, or its init map is wrong."""
+
+    section = "accumulate"
+    figures = (
+        Figure("pair/quantized_agreement", "log", True, "pair/quantized_agreement_untrained",
+               ("Quantized agreement", "frac", 60), order=0),
+        Figure("pair/alignment_error", "log", True, order=100),
+        Figure("pair/alignment_error_mirror", "log", True, column=("Alignment error through M", "err", 80), order=110),
+        Figure("pair/alignment_error_identity", "log", True, column=("Alignment error, identity", "err", 90),
+               order=120),
+    )
+
+    def __init__(self, view):
+        super().__init__(view)
+        self.comparer = WeightComparer(view.est_layers, view.twin_layers, view.use_mirror, view.to_twin)
+
+    def update(self, step: int) -> None:
+        self.comparer.accumulate()
+
+    def compute(self, per_layer: bool = False) -> dict[str, torch.Tensor]:
+        return self.comparer.compute()
+
+    def start_problem(self, figures: dict) -> str | None:
+        if figures["pair/quantized_mismatches"] == 0 and figures["pair/alignment_distance"] == 0.0:  # in integers
+            return None
+        return (f"quantized agreement {figures['pair/quantized_agreement']} (must be 1) and alignment distance "
+                f"{figures['pair/alignment_distance']} (must be 0)")
+
+    def histograms(self) -> dict[str, torch.Tensor]:
+        return {f"layers/{n}/alignment_residual": r for n, r in self.comparer.residuals().items()}
+
+    def state_dict(self) -> dict:
+        return self.comparer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.comparer.load_state_dict(state)
+
+    def resident(self) -> list[torch.Tensor]:
+        return list(self.comparer.state_tensors())
