@@ -80,7 +80,7 @@ def hparams_experiment(sweep_dir: Path) -> None:
     points first and checked, the headline metric first. Nothing when no run finished."""
     import json
 
-    from qatrun.metricnames import headline_first
+    from qatrun.metrics.names import headline_first
     from qatrun.tblog import write_experiment
 
     runs = []

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import backend_context, plugin_data_pb2
 
 from qatrun import report
-from qatrun.metricnames import HEADLINE
+from qatrun.metrics.names import HEADLINE
 from qatrun.report.figures import fig_alignment, fig_curves, fig_movement, load_weights, title
 from qatrun.report.names import pair_words, twin_role
 from qatrun.report.labels import aggregate

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from qatrun.metricnames import HEADLINE
+from qatrun.metrics.names import HEADLINE
 from qatrun.sweep import progress
 from tests.conftest import TINY
 from tests.test_cli import refused, run_in

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from qatrun.config import flatten, is_operational, with_added
-from qatrun.metricnames import upgrade_summary
+from qatrun.metrics.names import upgrade_summary
 from qatrun.rundir import SAME_AS, STATUS, SUMMARY
 
+from .validate import field_problem
 
 
 def ignored(key: str) -> bool:
@@ -87,7 +88,7 @@ def load_run(path: Path) -> Run:
     why = summary_problem(s)
     if why:
         raise NotASummary(why)
-    s = upgrade_summary(s)  # figures renamed since the summary was written (qatrun.metricnames)
+    s = upgrade_summary(s)  # figures renamed since the summary was written (qatrun.metrics.names)
     history, config = s.pop("history", None) or {}, s.pop("config", None)
     if config is None and (path / ".hydra" / "config.yaml").exists():
         from omegaconf import OmegaConf
@@ -100,6 +101,9 @@ def load_run(path: Path) -> Run:
     flat = flatten(with_added(config) if config else {})  # a key added since: the value its absence meant
     for key, skey in [("seed", "seed"), ("estimator.name", "estimator"), ("pair.twin", "twin")]:
         flat.setdefault(key, s.get(skey))  # runs without a config still group by what the summary says
+    why = field_problem(s, history, flat)  # a field the tables, labels or figures read, of the wrong kind
+    if why:
+        raise NotASummary(why)
     return Run(path, s, history, flat, config is not None)
 
 

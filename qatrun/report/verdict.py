@@ -21,14 +21,14 @@ generated from them.
 
 from __future__ import annotations
 
-from qatrun.metricnames import HEADLINE
+from qatrun.metrics.names import HEADLINE
 from qatrun.twin import ROLES
 
 from .names import map_words, predicted, settings, twin_role
 from .runs import Run, ignored, stats, uninformative
 
 SUPPORTS, PARTLY = 0.75, 0.25
-METRIC = HEADLINE  # qatrun.metricnames
+METRIC = HEADLINE  # qatrun.metrics.names
 # Keys that make the twin, not the experiment: runs differing only here belong to one family.
 TWIN_KEYS = ("pair.twin", "pair.twin_lr_scale", "experiment_name")
 
