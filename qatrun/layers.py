@@ -32,7 +32,7 @@ class QuantizeWeight(torch.autograd.Function):
         # Q(w) pinned to w's own strides (a no-op view in eager, where they are already equal): otherwise
         # torch.compile lays this computed weight out as it likes, which the float weight (a graph input)
         # never is. On the CPU the first conv of the MNIST CNN (one input channel) then copied its
-        # activation gradient in every backward (~50 ms per step at batch 600, issue 19).
+        # activation gradient in every backward (~50 ms per step at batch 600, measured).
         return q.as_strided(w.size(), w.stride()) if q.stride() == w.stride() else q
 
     @staticmethod

@@ -1,4 +1,8 @@
-"""Example bin shapes for ``estimator=custom`` (``estimator.params.shape=qatrun.shapes.NAME``).
+"""Example bin shapes for ``estimator=custom`` (``estimator.shape=qatrun.shapes.NAME``).
+
+The configs name them by import path (``configs/estimator/custom.yaml``'s default, the ``zero_shape``
+experiment), as they would a user's own shape, so no module imports this one; ``tests/test_shapes.py``
+keeps each docstring's class membership and alpha true. Saved runs name these paths: they stay here.
 
 A shape is ``g`` on one bin as a torch function of ``u`` in [0, 1), the position between two
 adjacent levels (the rounding threshold is at u = 1/2).

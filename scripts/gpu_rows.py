@@ -4,7 +4,7 @@
 
 appends ``| NAME | figures | VERDICT | SECONDS s |`` to the Markdown file TABLE and prints the same
 row as one line. RC is the check's exit status (124 or 137: killed by its ``timeout``; 125: not
-started, the time budget was spent). Verdicts: PASS and FAIL against the issue's limits, ``measured``
+started, the time budget was spent). Verdicts: PASS and FAIL against each check's limit, ``measured``
 where a check has no limit, TIMEOUT, SKIPPED, ERROR (the check failed before it produced its
 figures; the row quotes the last line of its LOG). KIND
 and its ARGS:

@@ -54,7 +54,8 @@ class Target:
     limit: float
 
 
-# The targets. Each is checked only when its case ran.
+# What a pair step may cost against plain float training (docs/benchmarks.md). Each is checked only when its
+# case ran.
 TARGETS = [
     Target("cpu-small", "pair step / plain float step (eager)", "pair_over_plain", 2.2),
     Target("cpu-small", "pair step compiled / plain float step compiled", "pair_compiled_over_plain_compiled", 2.1),
