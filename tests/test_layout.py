@@ -11,14 +11,16 @@ PKG = Path(__file__).resolve().parents[1] / "qatrun"
 # Floors, bottom up: a module may import only from strictly lower floors (or, inside a
 # subpackage, from its own siblings when that makes no circle).
 FLOORS = [
-    {"qatrun", "qatrun.checks", "qatrun.files", "qatrun.config", "qatrun.registry", "qatrun.shapes",
+    {"qatrun", "qatrun.checks", "qatrun.files", "qatrun.config", "qatrun.compose", "qatrun.shapes",
      "qatrun.device", "qatrun.userimport", "qatrun.errors",
      "qatrun.stop", "qatrun.health"},
-    {"qatrun.quant", "qatrun.dist", "qatrun.tblog", "qatrun.rundir", "qatrun.identity"},
+    {"qatrun.quant", "qatrun.dist", "qatrun.tblog", "qatrun.rundir", "qatrun.identity", "qatrun.registry"},
     {"qatrun.estimators", "qatrun.metrics", "qatrun.models", "qatrun.data", "qatrun.optim", "qatrun.checkpoint"},
     {"qatrun.quantizers"},
     {"qatrun.layers", "qatrun.twin", "qatrun.record", "qatrun.summary"},
     {"qatrun.pair", "qatrun.schema"},
+    {"qatrun.helptext"},
+    {"qatrun.runname"},
     {"qatrun.spec"},
     {"qatrun.train"},
     {"qatrun.preflight", "qatrun.bench", "qatrun.report"},
