@@ -1,6 +1,7 @@
 """qatrun-report on synthetic run directories (no training): figures, table, lr law, CLI."""
 
 import json
+from types import SimpleNamespace
 import math
 
 import matplotlib.pyplot as plt
@@ -14,7 +15,7 @@ from qatrun.report.figures import fig_alignment, fig_movement, load_weights
 from qatrun.report.labels import make_labels
 from qatrun.report.runs import load_run, stats
 from qatrun.report.cli import slug
-from qatrun.report.tables import COLUMNS, cell
+from qatrun.report.tables import cell, table_columns
 
 LRS = [0.001, 0.003, 0.01, 0.03, 0.1]
 FACTORS = {0: 0.9, 1: 1.1}  # per-seed multiplicative noise; the seed mean is the exact power law
@@ -144,10 +145,12 @@ def test_table(tree):
     _, out = tree
     lines = (out / "table.md").read_text().splitlines()
     header = next(line for line in lines if line.startswith("| Comparison"))
-    for _, head, _ in COLUMNS:
+    columns = table_columns([SimpleNamespace(summary={})])  # the tree's summaries declare none: the registered ones
+    assert [h for _, h, _ in columns][:3] == ["Movers", "Mover agreement", "Mover agr., untrained twin"]
+    for _, head, _ in columns:
         assert f"| {head} |" in header
     assert header.endswith("| n seeds |")
-    heads = ["Comparison"] + [h for _, h, _ in COLUMNS] + ["n seeds"]
+    heads = ["Comparison"] + [h for _, h, _ in columns] + ["n seeds"]
     rows = {}
     for r in lines[lines.index(header) + 2:]:
         cells = [c.strip() for c in r.strip("|").split("|")]

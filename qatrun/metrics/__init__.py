@@ -14,16 +14,13 @@ Pure torch: no I/O, no config, no host syncs inside ``update``/``accumulate``. E
 returns ``name -> 0-dim tensor`` on the state's device; the caller decides when to move them.
 """
 
-import importlib
-import pkgutil
-
+from qatrun.registry import discover
 from qatrun.metrics.base import METRICS, Figure, PairMetric, PairView, select
 from qatrun.metrics.function import FunctionAgreement, TestScores, function_metrics, pearson
 from qatrun.metrics.tracker import ChangePointTracker
 from qatrun.metrics.weights import WeightComparer
 
-for _mod in pkgutil.iter_modules(__path__):  # every metric module registers itself on import
-    importlib.import_module(f"{__name__}.{_mod.name}")
+discover(__name__)  # every metric module registers itself on import
 
 __all__ = ["METRICS", "ChangePointTracker", "Figure", "FunctionAgreement", "PairMetric", "PairView", "TestScores",
            "WeightComparer", "function_metrics", "pearson", "select"]

@@ -32,7 +32,7 @@ from .labels import aggregate
 from .lrlaw import fig_lr_law, lr_law
 from .runs import find_runs, stats
 from .style import STYLE, save
-from .tables import COLUMNS, write_tables, write_tex
+from .tables import table_columns, write_tables, write_tex
 from .verdict import findings_markdown, verdicts
 
 DESCRIPTION = """\
@@ -93,11 +93,11 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
     if drift and not drifting:
         notes.append(f"drift: no run has {' '.join(drift)}; drift figure skipped")
     out.mkdir(parents=True, exist_ok=True)
-    comparisons, pairs = [], {}
+    comparisons, pairs, cols = [], {}, table_columns(runs)
     with matplotlib.rc_context(STYLE):
         for label, rs in aggregate(runs, label_by):
             keys = sorted({k for r in rs for k, v in r.summary.items() if isinstance(v, (int, float)) or v is None}
-                          | {k for k, _, _ in COLUMNS})
+                          | {k for k, _, _ in cols})
             comparisons.append({"label": label, "n_seeds": len(rs), "seeds": [r.flat.get("seed") for r in rs],
                                 "runs": [str(r.path) for r in rs],
                                 "metrics": {k: stats([r.value(k) for r in rs]) for k in keys}})
@@ -121,7 +121,7 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
     elif atlas_by:
         notes.append(f"atlas: no verdict for two optimizers among the runs with {' '.join(atlas_by)}; skipped")
     write_json(out / "lr_law.json", law)
-    write_tables(comparisons, out)
+    write_tables(comparisons, out, cols)
     vs = verdicts(runs)
     drift_rows = drift_table(drifting)
     kept_out = [f"* {n}\n" for n in notes if "diverged and are kept out" in n]  # divergence is a finding too
@@ -133,7 +133,7 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
     atlas_lines = ["Optimizer atlas (mover agreement, %, over the weights that changed level; `atlas.png`):\n",
                    atlas_markdown(atlas_rows)] if atlas_rows else []
     (out / "findings.md").write_text(findings_markdown(vs, law, drift_markdown(drift_rows) + kept_out + atlas_lines))
-    result = jsonable({"comparisons": comparisons, "lr_law": law, "verdicts": vs, "drift": drift_rows,
+    result = jsonable({"comparisons": comparisons, "columns": cols, "lr_law": law, "verdicts": vs, "drift": drift_rows,
                        "atlas": atlas_rows,
                        "pairs": pairs, "notes": notes})
     write_json(out / SUMMARY, result)
@@ -167,8 +167,12 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"qatrun-report: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # OUT cannot be made or written: a file on its path, no permission, a full disk
+        print(f"qatrun-report: cannot write {e.filename}: {e.strerror} (--out must name a directory that can be "
+              "created and written)", file=sys.stderr)
+        return 2
     if "tex" in args.formats:
-        write_tex(res["comparisons"], Path(args.out))
+        write_tex(res["comparisons"], Path(args.out), res["columns"])
     for n in res["notes"]:
         print(f"note: {n}", file=sys.stderr)
     n_runs = sum(c["n_seeds"] for c in res["comparisons"])
