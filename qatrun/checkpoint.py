@@ -4,8 +4,9 @@
 logged curves) with the step (the data order is a function of the step), the resolved config and
 the RNG states to a temporary file, fsyncs it and renames it over the old one, so a crash
 mid-write leaves the previous checkpoint intact. ``load`` checks the payload's sha256 (the file's first
-line), then reads with
-``torch.load(weights_only=True)``.
+line), then reads with ``torch.load(weights_only=True)`` and checks the layout; ``restore`` puts it back.
+A checkpoint without its sha256 line is refused: nothing tells its content from a damaged copy (a stripped
+first line and flipped bits in a weight resumed silently with other figures).
 """
 
 from __future__ import annotations
@@ -53,12 +54,14 @@ def load(path) -> dict:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise CheckpointError(f"checkpoint {path} cannot be read ({exc.strerror or exc})") from None
-    if raw.startswith(MAGIC):
+    checked = raw.startswith(MAGIC)
+    if checked:
         head, _, payload = raw.partition(b"\n")
         want, got = head[len(MAGIC):].decode(errors="replace"), hashlib.sha256(payload).hexdigest()
         if want != got:
+            saved, now = differing_prefixes(want, got)
             raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match its sha256 (saved "
-                                  f"{want[:12]}..., now {got[:12]}...); it was left untouched; delete it (or the run "
+                                  f"{saved}..., now {now}...); it was left untouched; delete it (or the run "
                                   "directory) to start the run over")
         raw = payload
     try:
@@ -68,9 +71,63 @@ def load(path) -> dict:
                               f"{type(exc).__name__}); delete it to start the run over") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a qatrun checkpoint (expected format {FORMAT})")
-    blob["config"] = json.loads(blob["config"])
-    blob["provenance"] = json.loads(blob.get("provenance") or "{}")
+    if not checked:
+        raise CheckpointError(f"checkpoint {path} has no sha256 line (its first line, {MAGIC.decode()}...), so nothing "
+                              "can tell its content from a damaged copy; it was left untouched; delete it (or the run "
+                              "directory) to start the run over")
+    why = layout_problem(blob)
+    if why:
+        raise CheckpointError(f"checkpoint {path} has its sha256 but not the layout qatrun writes ({why}); it was left "
+                              "untouched; delete it (or the run directory) to start the run over")
+    blob["config"], blob["provenance"] = json.loads(blob["config"]), json.loads(blob.get("provenance") or "{}")
+    blob["path"] = str(path)
     return blob
+
+
+def differing_prefixes(want: str, got: str) -> tuple[str, str]:
+    """The two digests cut where they first differ (12 characters at least), escaped: a saved digest that
+    matches in its first 12 characters, or carries a stray ``\\r``, shows where it differs."""
+    n = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
+    n = max(12, n + 1)
+    return tuple(s[:n].encode("unicode_escape").decode() for s in (want, got))
+
+
+def _json_object(text) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except (TypeError, ValueError):
+        return False
+
+
+def layout_problem(blob: dict) -> str | None:
+    """What in a loaded checkpoint is not where ``save`` puts it, in words, or None."""
+    if not isinstance(blob.get("step"), int) or isinstance(blob.get("step"), bool) or blob["step"] < 0:
+        return f"step is {blob.get('step')!r}, not an integer >= 0"
+    if not _json_object(blob.get("config")):
+        return "config is not a JSON object"
+    if blob.get("provenance") and not _json_object(blob["provenance"]):
+        return "provenance is not a JSON object"
+    state, rng = blob.get("state"), blob.get("rng")
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), dict) for k in ("pair", "history")):
+        return "state is not a dict holding the dicts 'pair' and 'history'"
+    if not isinstance(rng, dict) or not isinstance(rng.get("cpu"), torch.Tensor):
+        return "rng holds no CPU generator state"
+    return None
+
+
+def restore(blob: dict, pair, recorder) -> int:
+    """Put ``blob`` (from ``load_for_resume``) back into ``pair``, ``recorder`` and the RNGs; the step to
+    continue from. A state that does not fit them (a checkpoint built by hand with its digest recomputed)
+    is a CheckpointError, not a traceback; one of another model stays the pair's own ValueError."""
+    try:
+        pair.load_state_dict(blob["state"]["pair"])
+        recorder.load_state_dict(blob["state"]["history"])
+        restore_rng(blob)
+    except (AttributeError, KeyError, IndexError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {blob.get('path')} has its sha256 but its state does not fit this run "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'}); "
+                              "it was left untouched; delete it (or the run directory) to start the run over") from None
+    return blob["step"]
 
 
 def load_for_resume(run_dir, config: dict, provenance: dict | None = None) -> dict | None:

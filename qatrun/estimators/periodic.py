@@ -16,26 +16,13 @@ from typing import Callable
 import torch
 
 from qatrun import checks
+from qatrun.estimators.alpha import ALPHA_CEILING, ALPHA_FLOOR, check_alpha
 from qatrun.estimators.base import PeriodicEstimator, check_extension, register
 from qatrun.quant import Grid
 from qatrun.userimport import one_line, resolve, where
 
 # The sharpness the authors used for the tanh (DSQ) estimator, per bit width.
 TANH_DEFAULT_K = {1: 2.0, 2: 5.5, 4: 18.0}
-
-# The smallest alpha an in-class estimator may have. The twin trains at alpha x the lr: below this it
-# does not move in any run qatrun can afford, and every figure over its distance travelled is a 0/0
-# (tanh reaches it at e = k / n_bins = 10.28: k = 30.8 on 2 bits, 154 on 4).
-ALPHA_FLOOR = 1e-6
-
-
-def check_alpha(what: str, alpha: float, remedy: str) -> float:
-    """``alpha`` when at or above ALPHA_FLOOR; else a ValueError naming ``what``, the alpha and ``remedy``."""
-    if not alpha >= ALPHA_FLOOR:
-        raise ValueError(f"{what}: alpha = {alpha:.3g} is below the floor ALPHA_FLOOR = {ALPHA_FLOOR:g}: its twin "
-                         f"(lr x alpha) would never move and the pair would measure 0/0; {remedy}")
-    return alpha
-
 
 @register("ste")
 class STE(PeriodicEstimator):
@@ -78,9 +65,9 @@ class PWL(STE):
         super().__init__(grid)
         if alpha is None:
             alpha = TanhDSQ(grid, k=k).alpha  # a k whose alpha is below ALPHA_FLOOR is refused there
-        if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0 < alpha <= 1e6):
-            raise ValueError(f"pwl: alpha must be a positive number, got {alpha!r}")
-        self._alpha = check_alpha("pwl", float(alpha), f"use an alpha of at least {ALPHA_FLOOR:g}")
+        if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool)):
+            raise ValueError(f"pwl: alpha must be a number in [{ALPHA_FLOOR:g}, {ALPHA_CEILING:g}], got {alpha!r}")
+        self._alpha = check_alpha("pwl", float(alpha), f"use an alpha in [{ALPHA_FLOOR:g}, {ALPHA_CEILING:g}]")
 
     def params(self):
         return {"alpha": self._alpha}
@@ -201,7 +188,7 @@ class Custom(PeriodicEstimator):
     rule, fp64), interpolated linearly and anchored at the threshold u = 1/2, so thresholds are
     fixed exactly. A shape that reaches zero inside the bin is outside the class; one that goes negative
     (anywhere on the nodes) is refused, whatever the twin: g is a gradient multiplier, a negative one
-    makes those weights ascend the loss. So is an in-class shape whose alpha is below ALPHA_FLOOR.
+    makes those weights ascend the loss. So is an in-class shape whose alpha is outside [ALPHA_FLOOR, ALPHA_CEILING].
 
     The shape is validated once, here, on the table's nodes (a tensor shaped like its input, finite,
     within the time budget SHAPE_BUDGET_S or the environment's QATRUN_SHAPE_BUDGET_S; qatrun's own
@@ -239,7 +226,8 @@ class Custom(PeriodicEstimator):
         self._n = n
         self._tables = {self._table.device: self._table}  # device -> the table there (shared by copies)
         self._alpha = check_alpha(f"custom: shape {self.shape_name!r}", 1.0 / float(self._table[n] - self._table[0]),
-                                  "scale the shape up (its harmonic mean over the bin is alpha)")
+                                  "scale the shape up (its harmonic mean over the bin is alpha)",
+                                  "scale the shape down (its harmonic mean over the bin is alpha)")
 
     def _call(self, u: torch.Tensor) -> torch.Tensor:
         budget = shape_budget()
@@ -259,6 +247,9 @@ class Custom(PeriodicEstimator):
                 f"custom: shape {self.shape_name!r} must return a tensor shaped like its input "
                 f"{tuple(u.shape)}, got {got}"
             )
+        if out.requires_grad:  # g is a gradient multiplier, applied inside backward: it must be data, not a graph
+            raise ValueError(f"custom: shape {self.shape_name!r} returned a tensor that requires grad (built from a "
+                             "parameter or a leaf with requires_grad=True); g must be a plain function of u: detach it")
         if not torch.isfinite(out).all():
             raise ValueError(f"custom: shape {self.shape_name!r} returned NaN or Inf")
         out = out.to(u.dtype)
