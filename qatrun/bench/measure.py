@@ -1,13 +1,10 @@
-"""How ``qatrun-bench`` measures one case (``run_case``): the build and warm-up, interleaved timed
-rounds, the memory pass and the profile. The definitions are in the package doc."""
+"""How ``qatrun-bench`` measures one case (``run_case``): the build and warm-up, the interleaved timed
+rounds (more while the ratios spread wide), the figures and the verdicts; the memory pass and the profile
+are ``memory``'s, the rounds and what they say ``timing``'s. The definitions are in the package doc."""
 
 from __future__ import annotations
 
-import gc
-import json
-import os
 import statistics
-import tempfile
 import time
 from dataclasses import asdict
 
@@ -15,112 +12,12 @@ import torch
 from omegaconf import OmegaConf
 
 from qatrun.bench.cases import Case, check_targets
+from qatrun.bench.memory import memory_figures, profile_pair, tracker_figures
 from qatrun.bench.runners import PlainStep, QatLoop, make_batch, make_cfg, without_compile
-from qatrun.bench.timing import allocated, loadavg, sync
+from qatrun.bench.timing import (MORE_ROUNDS, allocated, below_floor, floors, loadavg, ratios, round_ratios, spread,
+                                  sync, time_rounds, too_wide)
 from qatrun.device import fp32_precision, set_fp32_precision
 from qatrun.spec import group
-
-# ----------------------------------------------------------------------------------------------
-# Memory and profile
-# ----------------------------------------------------------------------------------------------
-
-
-def _storage_bytes(tensors) -> int:
-    seen, total = set(), 0
-    for t in tensors:
-        s = t.untyped_storage()
-        key = (s.device.type, s.data_ptr())
-        if key not in seen:
-            seen.add(key)
-            total += s.nbytes()
-    return total
-
-
-def measure_memory(runner, device: torch.device, resident_gpu: int | None, pair: bool) -> dict:
-    """Peak = resident + transient of one iteration (plus a logging step for the pair); see the package doc."""
-    runner.zero_grads()
-    gc.collect()
-    resident = _storage_bytes(runner.resident_tensors())
-    out = {"resident_state_bytes": resident}
-
-    def one():
-        runner.iteration()
-        if pair:
-            runner.log()
-
-    if device.type == "cuda":
-        sync(device)
-        start = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        one()
-        sync(device)
-        transient = torch.cuda.max_memory_allocated(device) - start
-        out.update(resident_bytes=resident_gpu, resident_method="measured memory_allocated growth (build + warm-up)",
-                   transient_method="torch.cuda.max_memory_allocated")
-    else:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            one()
-        transient = _cpu_peak_from_profile(prof)
-        out.update(resident_bytes=resident, resident_method="sum of distinct tensor storages",
-                   transient_method="profiler allocation events (upper bound)")
-    out["transient_bytes"] = int(transient)
-    out["peak_bytes"] = int(out["resident_bytes"] + transient) if out["resident_bytes"] is not None else None
-    return out
-
-
-def _cpu_peak_from_profile(prof) -> int:
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            events = json.load(f).get("traceEvents", [])
-    tot = [e["args"].get("Total Allocated", 0) for e in events
-           if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0]
-    return max([0, *tot])
-
-
-def tracker_figures(pair) -> dict | None:
-    """The change-point tracker's size: weights tracked, state bytes (both runs), bytes per weight."""
-    metric = pair.metrics.get("changepoints")
-    if metric is None:
-        return None
-    t = metric.tracker
-    nbytes = _storage_bytes(t.state.values())
-    return {"weights": t.numel, "state_bytes": nbytes, "bytes_per_weight": nbytes / max(t.numel, 1)}
-
-
-def profile_pair(runner: QatLoop, iterations: int = 1, top: int = 12) -> dict:
-    """torch.profiler over pair iterations: section totals, quantizer fwd/bwd, top ops."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if runner.x.is_cuda else [])
-    runner.sec.profiling = True
-    try:
-        with profile(activities=acts) as prof:
-            for _ in range(iterations):
-                runner.iteration()
-            if runner.pair.measured:
-                runner.log()
-            sync(runner.x.device)
-    finally:
-        runner.sec.profiling = False
-        runner.sec.resolve()
-    avg = prof.key_averages()
-    ms = lambda us: round(us / 1e3 / iterations, 3)  # noqa: E731
-    sections = {e.key.removeprefix("qatrun/"): ms(e.cpu_time_total) for e in avg if e.key.startswith("qatrun/")}
-    quant = {e.key: ms(e.cpu_time_total) for e in avg if "QuantizeWeight" in e.key}
-    ops = sorted((e for e in avg if not e.key.startswith("qatrun/")), key=lambda e: e.self_cpu_time_total,
-                 reverse=True)[:top]
-    return {
-        "iterations": iterations,
-        "note": "ms per pair iteration under the profiler (the log section once in total)",
-        "sections_ms": sections,
-        "quantizer_ms": quant,
-        "top_ops_self_cpu_ms": {e.key: ms(e.self_cpu_time_total) for e in ops},
-    }
-
 
 # ----------------------------------------------------------------------------------------------
 # One case: build and warm up, timed rounds, figures
@@ -225,93 +122,35 @@ def build_runners(case: Case, cfg, x, y, warmup: int, say, skip=()) -> tuple[dic
     return runners, resident_gpu, notes
 
 
-def _time_block(runners, order, device, steps) -> dict[str, float]:
-    """Each config's ``steps`` iterations between two syncs: seconds per iteration."""
-    out = {}
-    for n in order:
-        sync(device)
-        t0 = time.perf_counter()
-        _iterate(runners[n], steps)
-        sync(device)
-        out[n] = (time.perf_counter() - t0) / steps
-    return out
-
-
-def _time_step(runners, order, device, steps) -> dict[str, float]:
-    """The configs alternate every iteration, each iteration timed alone: seconds per iteration."""
-    tot = dict.fromkeys(order, 0.0)
-    for _ in range(steps):
-        for n in order:
-            sync(device)
-            t0 = time.perf_counter()
-            runners[n].iteration()
-            sync(device)
-            tot[n] += time.perf_counter() - t0
-    return {n: t / steps for n, t in tot.items()}
-
-
-def time_rounds(runners: dict, device, steps: int, rounds: int, interleave: str, say):
-    """Interleaved rounds, configs in rotating order: (seconds/iteration per round per config,
-    per round: each qatrun config's section seconds/iteration)."""
-    names = list(runners)
-    per_round = {n: [] for n in names}
-    sec_rounds: list[dict[str, float]] = []
-    timer = _time_block if interleave == "block" else _time_step
-    for rnd in range(rounds):
-        order = names[rnd % len(names):] + names[: rnd % len(names)]
-        for n, s in timer(runners, order, device, steps).items():
-            per_round[n].append(s)
-        sec_rounds.append({n: {k: v / steps for k, v in r.sec.resolve().items()}
-                           for n, r in runners.items() if isinstance(r, QatLoop)})
-        say(f"  round {rnd + 1}/{rounds}: " + ", ".join(f"{n} {per_round[n][-1] * 1e3:.1f} ms" for n in names),
-            flush=True)
-    return per_round, sec_rounds
-
-
-def ratios(ms: dict[str, float]) -> dict[str, float]:
-    """Each qatrun config over each plain baseline, and the pair over the single run."""
-    bases = [n for n in ms if n.startswith("plain")]
-    out = {f"{n}_over_{b}": ms[n] / ms[b] for b in bases for n in ms if not n.startswith("plain")}
-    if "single" in ms:
-        out["pair_over_single"] = ms["pair"] / ms["single"]
-    if "pair_compiled" in ms and "single_compiled" in ms:
-        out["pair_compiled_over_single_compiled"] = ms["pair_compiled"] / ms["single_compiled"]
-    return out
-
-
 def _median_sections(sec_rounds: list[dict], name: str) -> dict[str, float]:
     """ms/step per section of config ``name``, the median over rounds."""
     rounds = [s[name] for s in sec_rounds if name in s]
     return {k: statistics.median(r.get(k, 0.0) for r in rounds) * 1e3 for k in (rounds[0] if rounds else {})}
 
 
-def timing_figures(per_round: dict, sec_rounds: list[dict]) -> dict:
-    """ms/step (median and fastest round), the ratios and the pairs' sections from the timed rounds."""
+def timing_figures(per_round: dict, sec_rounds: list[dict], floor: dict[str, float]) -> dict:
+    """ms/step (median and fastest round), the ratios (the median of per-round ratios, with their spread and
+    the ratios of the per-config medians beside them), the ratios below their ``floor``, the pairs' sections."""
     ms = {n: statistics.median(v) * 1e3 for n, v in per_round.items()}
     ms_min = {n: min(v) * 1e3 for n, v in per_round.items()}
+    each = {k: spread(v) for k, v in round_ratios(per_round).items()}
+    medians = {k: s["median"] for k, s in each.items()}
     sections = _median_sections(sec_rounds, "pair")
     compiled = {"pair_compiled_sections_ms": _median_sections(sec_rounds, "pair_compiled")} if "pair_compiled" in ms else {}
     return {
         "ms_per_step": ms,
         "ms_per_step_min": ms_min,
         "ms_per_step_rounds": {n: [v * 1e3 for v in vs] for n, vs in per_round.items()},
-        "ratios": ratios(ms),
+        "ratios": medians,
+        "ratio_spread": {k: {n: v for n, v in s.items() if n != "median"} for k, s in each.items()},
+        "ratios_of_medians": ratios(ms),
         "ratios_from_min": ratios(ms_min),
+        "below_floor": below_floor(medians, floor),
         "pair_sections_ms": sections,
         "changepoint_ms": sections.get("tracker", 0.0),
         "changepoint_fraction": sections.get("tracker", 0.0) / ms["pair"],
         **compiled,
     }
-
-
-def memory_figures(runners: dict, device, resident_gpu: dict, r: dict) -> dict:
-    """The memory pass of every config; adds the peak ratios to ``r`` (the case's ratios)."""
-    mem = {n: measure_memory(run, device, resident_gpu.get(n), pair=n == "pair") for n, run in runners.items()}
-    if mem["plain"]["peak_bytes"]:
-        r["pair_peak_over_plain"] = mem["pair"]["peak_bytes"] / mem["plain"]["peak_bytes"]
-        if "single" in mem:
-            r["pair_peak_over_single"] = mem["pair"]["peak_bytes"] / mem["single"]["peak_bytes"]
-    return mem
 
 
 def _device_and_interleave(case: Case, interleave: str) -> tuple[torch.device, str]:
@@ -325,10 +164,47 @@ def _device_and_interleave(case: Case, interleave: str) -> tuple[torch.device, s
     return device, interleave
 
 
+def compiled_configs(case: Case, runners: dict, notes: dict) -> dict[str, bool]:
+    """Config name -> whether it ran compiled (a compile that failed and ran eager did not)."""
+    qat = {"single": case.qat_compile, "pair": case.qat_compile}
+    return {n: qat.get(n, n.endswith("_compiled")) and not notes.get(n, {}).get("ran_eager") for n in runners}
+
+
+def timed_rounds(runners: dict, device, steps: int, rounds: int, interleave: str, say) -> tuple[dict, list, int]:
+    """``rounds`` interleaved rounds, then one more at a time while a headline ratio's per-round values
+    spread wide (``timing.too_wide``), up to MORE_ROUNDS x ``rounds``: (per round per config, sections, rounds)."""
+    per_round, sec_rounds = time_rounds(runners, device, steps, rounds, interleave, say)
+    done = rounds
+    while done < MORE_ROUNDS * rounds and (why := too_wide(per_round)):
+        say(f"  one more round ({why})", flush=True)
+        more, more_sec = time_rounds(runners, device, steps, 1, interleave, say, first=done)
+        for n, v in more.items():
+            per_round[n] += v
+        sec_rounds += more_sec
+        done += 1
+    return per_round, sec_rounds, done
+
+
+def checks_and_targets(case: Case, res: dict) -> None:
+    """The figures the targets read (``checks``) and the verdicts; a ratio below its floor is noise: no verdict."""
+    res["checks"] = {
+        "pair_over_plain": res["ratios"]["pair_over_plain"],
+        "pair_over_plain_compiled": res["ratios"].get("pair_over_plain_compiled"),
+        "pair_compiled_over_plain_compiled": res["ratios"].get("pair_compiled_over_plain_compiled"),
+        "changepoint_fraction": res["changepoint_fraction"],
+        "pair_peak_over_plain": res["ratios"].get("pair_peak_over_plain"),
+    }
+    res["targets"] = check_targets(case, res["checks"])
+    for target in res["targets"]:
+        if target["key"] in res["below_floor"]:
+            target.update({"pass": None, "noise": True})
+
+
 def run_case(case: Case, warmup: int = 2, steps: int | None = None, rounds: int = 3, log_every: int | None = None,
              profile: bool = False, verbose: bool = True, keep: bool = False, interleave: str = "auto",
              overrides=(), skip=()) -> dict:
-    """Build every config of ``case``, warm up, time interleaved rounds; return the figures.
+    """Build every config of ``case``, warm up, time interleaved rounds (more while the ratios spread wide);
+    return the figures.
 
     ``steps``: timed iterations per config per round (default: the config's ``trainer.log_every``,
     after ``log_every`` if given, so each pair round holds exactly one logging step).
@@ -351,18 +227,18 @@ def run_case(case: Case, warmup: int = 2, steps: int | None = None, rounds: int 
 
     load0 = loadavg()
     runners, resident_gpu, notes = build_runners(case, cfg, x, y, warmup, say, skip)
-    per_round, sec_rounds = time_rounds(runners, device, steps, rounds, interleave, say)
+    per_round, sec_rounds, done = timed_rounds(runners, device, steps, rounds, interleave, say)
     load1 = loadavg()
 
     pair = runners["pair"].pair
     res = {
         "case": asdict(case),
-        "warmup": warmup, "steps_per_round": steps, "rounds": rounds, "interleave": interleave,
+        "warmup": warmup, "steps_per_round": steps, "rounds": done, "rounds_asked": rounds, "interleave": interleave,
         "log_every": int(cfg.trainer.log_every),
         "estimator": pair.est.name,
         "twin": f"{cfg.pair.twin} -> {pair.spec.estimator.name}",
         "twin_init": pair.spec.init, "twin_role": pair.spec.role, "twin_lr_factor": pair.spec.lr_factor,
-        **timing_figures(per_round, sec_rounds),
+        **timing_figures(per_round, sec_rounds, floors(compiled_configs(case, runners, notes))),
         "loadavg_1min": {"before": load0, "after": load1},
         "notes": notes,
         "fp32_precision": fp32_precision() if device.type == "cuda" else None,
@@ -375,15 +251,7 @@ def run_case(case: Case, warmup: int = 2, steps: int | None = None, rounds: int 
         res["profile"] = profile_pair(runners["pair"])
         if "pair_compiled" in runners:
             res["profile_compiled"] = profile_pair(runners["pair_compiled"])
-
-    res["checks"] = {
-        "pair_over_plain": res["ratios"]["pair_over_plain"],
-        "pair_over_plain_compiled": res["ratios"].get("pair_over_plain_compiled"),
-        "pair_compiled_over_plain_compiled": res["ratios"].get("pair_compiled_over_plain_compiled"),
-        "changepoint_fraction": res["changepoint_fraction"],
-        "pair_peak_over_plain": res["ratios"].get("pair_peak_over_plain"),
-    }
-    res["targets"] = check_targets(case, res["checks"])
+    checks_and_targets(case, res)
     if keep:
         res["_runners"] = runners
     return res

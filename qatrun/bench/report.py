@@ -19,10 +19,23 @@ def _mb(b) -> str:
 def _header(res: dict) -> str:
     c = res["case"]
     return (f"== {c['name']}: " + Case(**c).describe()
-            + f" | {res['rounds']} rounds x {res['steps_per_round']} steps ({res['interleave']}-interleaved)"
+            + f" | {_rounds(res)} x {res['steps_per_round']} steps ({res['interleave']}-interleaved)"
             + f" after {res['warmup']} warm-up,"
             + f" log_every={res['log_every']}, {res['estimator']} vs {res['twin']} twin"
             + f" ({res.get('twin_role', 'twin')}: init {res['twin_init']}, lr x {res['twin_lr_factor']:.4g})")
+
+
+def _rounds(res: dict) -> str:
+    asked = res.get("rounds_asked", res["rounds"])
+    more = res["rounds"] - asked
+    return f"{res['rounds']} rounds" + (f" ({asked} asked, {more} more for a wide spread)" if more else "")
+
+
+def _over(res: dict, n: str, base: str) -> float:
+    """Config ``n`` over ``base``: the median of per-round ratios (1 for the base itself)."""
+    if n == base:
+        return 1.0
+    return res["ratios"].get(f"{n}_over_{base}") or res["ms_per_step"][n] / res["ms_per_step"][base]
 
 
 def _table(res: dict) -> list[str]:
@@ -34,9 +47,9 @@ def _table(res: dict) -> list[str]:
     lines = [hdr + f"{'peak mem':>12}{'resident':>12}{'transient':>12}"]
     for n, v in ms.items():
         rr = res["ms_per_step_rounds"][n]
-        row = f"  {n:<16}{v:>10.2f}{min(rr):>10.2f}{max(rr):>10.2f}{v / ms['plain']:>9.2f}x"
+        row = f"  {n:<16}{v:>10.2f}{min(rr):>10.2f}{max(rr):>10.2f}{_over(res, n, 'plain'):>9.2f}x"
         if compiled:
-            row += f"{v / ms['plain_compiled']:>12.2f}x"
+            row += f"{_over(res, n, 'plain_compiled'):>12.2f}x"
         m = res["memory"].get(n, {})
         row += f"{_mb(m.get('peak_bytes')):>12}{_mb(m.get('resident_bytes')):>12}{_mb(m.get('transient_bytes')):>12}"
         lines.append(row)
@@ -56,18 +69,33 @@ def _single(r: dict, key: str, what: str) -> str:
     return f"{what} = {r[key]:.2f}x, " if key in r else ""  # absent when single was skipped
 
 
+def _spread_line(res: dict) -> list[str]:
+    """The per-round range of the pair's ratios, and each ratio below its floor said to be noise."""
+    sp = res.get("ratio_spread", {})
+    what = {"pair_over_plain": "c/a", "pair_over_plain_compiled": "c/a_compiled",
+            "pair_compiled_over_plain_compiled": "compiled c/a"}
+    parts = [f"{w} {sp[k]['min']:.2f}-{sp[k]['max']:.2f}x ({100 * sp[k]['spread']:.0f}%)"
+             for k, w in what.items() if k in sp and sp[k]["spread"] is not None]
+    lines = [f"  per-round range (spread = range / median): {', '.join(parts)}"] if parts else []
+    for k, b in res.get("below_floor", {}).items():
+        lines.append(f"  NOISE: {what.get(k, k)} = {b['value']:.2f}x is below its physical floor {b['floor']:.2f}x (the "
+                     "pair does two runs' work): the figure is noise from a shared machine, not a result")
+    return lines
+
+
 def _ratio_lines(res: dict) -> list[str]:
     r, rm = res["ratios"], res["ratios_from_min"]
     return [
         f"  ratios: {_single(r, 'single_over_plain', 'b/a')}c/a = {r['pair_over_plain']:.2f}x"
         + (f", c/b = {r['pair_over_single']:.2f}x" if "pair_over_single" in r else "")
         + (f", c/a_compiled = {r['pair_over_plain_compiled']:.2f}x" if "pair_over_plain_compiled" in r else "")
-        + _compiled_ratios(r)
+        + _compiled_ratios(r) + " (medians of per-round ratios)"
         + (f", pair peak / plain peak = {r['pair_peak_over_plain']:.2f}x" if "pair_peak_over_plain" in r else ""),
         f"  same from the fastest round of each config: {_single(rm, 'single_over_plain', 'b/a')}"
         f"c/a = {rm['pair_over_plain']:.2f}x"
         + (f", c/a_compiled = {rm['pair_over_plain_compiled']:.2f}x" if "pair_over_plain_compiled" in rm else "")
         + _compiled_ratios(rm),
+        *_spread_line(res),
     ]
 
 
@@ -93,9 +121,9 @@ def _section_lines(res: dict) -> list[str]:
     ms = res["ms_per_step"]
     for pair, plain in (("pair", "plain"), ("pair_compiled", "plain_compiled")):
         if pair in ms and plain in ms:
-            over = ms[pair] - 2 * ms[plain]
-            lines.append(f"  {pair} overhead over 2 x {plain}: {over:+.2f} ms/step "
-                         f"({over / ms[pair] * 100:+.1f}% of the pair step)")
+            share = 1 - 2 / _over(res, pair, plain)  # from the per-round ratio, as the ratios are
+            lines.append(f"  {pair} overhead over 2 x {plain}: {share * ms[pair]:+.2f} ms/step "
+                         f"({share * 100:+.1f}% of the pair step)")
     return lines
 
 
@@ -126,11 +154,12 @@ def _profile_lines(res: dict) -> list[str]:
 def _target_lines(res: dict) -> list[str]:
     lines = []
     for t in res["targets"]:
-        verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
+        verdict = "NOISE " if t.get("noise") else "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
         share = t["key"] == "changepoint_fraction"
         val = "n/a" if t["value"] is None else (f"{100 * t['value']:.1f}%" if share else f"{t['value']:.2f}x")
         lim = f"{100 * t['limit']:.0f}%" if share else f"{t['limit']}x"
-        lines.append(f"  {verdict:<5}{t['name']}: {val} vs target <= {lim}")
+        lines.append(f"  {verdict:<5}{t['name']}: {val} vs target <= {lim}" + (" (below its floor: no verdict)"
+                                                                              if t.get("noise") else ""))
     return lines
 
 
