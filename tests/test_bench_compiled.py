@@ -7,6 +7,7 @@ them) is the same, without inductor's minutes of code generation on a CPU.
 """
 
 import json
+import statistics
 from dataclasses import replace
 
 import pytest
@@ -53,15 +54,22 @@ def test_cpu_case_times_the_compiled_pair_against_the_compiled_plain_step(tmp_pa
     names = ["plain", "plain_compiled", "single", "pair", "single_compiled", "pair_compiled"]
     assert list(r["ms_per_step"]) == names
     assert counted_compile  # the compiled configs did go through dynamo
-    assert in_rounds == [0]  # and nothing recompiled inside the timed rounds (the re-warm took it)
+    assert in_rounds and set(in_rounds) == {0}  # nothing recompiled inside the timed rounds (the re-warm took it),
+    # more rounds included (run while the per-round ratios spread wide)
     for n in ("plain_compiled", "single_compiled", "pair_compiled"):
         assert r["notes"][n]["rewarm_s"] >= 0 and "compile_error" not in r["notes"][n]
-    ms = r["ms_per_step"]
-    assert r["ratios"]["pair_compiled_over_plain_compiled"] == pytest.approx(ms["pair_compiled"] / ms["plain_compiled"])
-    assert r["ratios"]["pair_over_plain"] == pytest.approx(ms["pair"] / ms["plain"])
+    ms, rounds = r["ms_per_step"], r["ms_per_step_rounds"]
+    per_round = lambda a, b: sorted(x / y for x, y in zip(rounds[a], rounds[b]))  # noqa: E731
+    for a, b in (("pair_compiled", "plain_compiled"), ("pair", "plain")):  # the median of per-round ratios
+        assert r["ratios"][f"{a}_over_{b}"] == pytest.approx(statistics.median(per_round(a, b)))
+        assert r["ratios_of_medians"][f"{a}_over_{b}"] == pytest.approx(ms[a] / ms[b])
     target = {t["key"]: t for t in r["targets"]}["pair_compiled_over_plain_compiled"]
-    assert target["limit"] == 2.1 and target["pass"] is (target["value"] <= 2.1)
-    verdict = "PASS" if target["pass"] else "FAIL"
+    assert target["limit"] == 2.1
+    if target.get("noise"):  # under the 2.00x floor on a loaded machine: noise, no verdict
+        assert target["pass"] is None and target["value"] < 2.0
+    else:
+        assert target["pass"] is (target["value"] <= 2.1)
+    verdict = "NOISE " if target.get("noise") else "PASS" if target["pass"] else "FAIL"
     assert f"{verdict:<5}pair step compiled / plain float step compiled: {target['value']:.2f}x vs target <= 2.1x" \
         in printed
     ratio_line = next(line for line in printed.splitlines() if line.startswith("  ratios:"))

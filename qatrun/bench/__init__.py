@@ -28,8 +28,11 @@ the tanh estimator, SGD with momentum, the adjusted-STE twin of arXiv 2405.05171
 
 Timing: every round runs ``--steps`` iterations (default: the logging interval, so each pair
 round holds exactly one logging step) of every config; ms/step is the median over rounds (the
-fastest round is reported too). On the CPU the configs alternate every iteration
-(``a b c a b c ...``, each iteration timed alone: a neighbour's load then hits all configs alike);
+fastest round is reported too). A ratio is the median of the per-round ratios (the configs of a round
+share its load), printed with its per-round range; while a pair ratio spreads over 10% of its median,
+one more round runs, up to 3x ``--rounds``. A pair ratio below its physical floor (two steps of the same
+kind, 2.00x) is printed as noise, with no verdict against its target (``timing``). On the CPU the
+configs alternate every iteration (``a b c a b c ...``, each iteration timed alone: a neighbour's load then hits all configs alike);
 on the GPU each config runs its ``--steps`` iterations between two ``torch.cuda.synchronize`` (the
 host runs ahead as in training), configs in rotating order (``--interleave`` picks either). Inside
 the pair iteration, sections (``est_step``, ``twin_step``, ``accumulate``, ``tracker``, ``log``)
@@ -62,7 +65,8 @@ Not unit tests: nothing here asserts a timing; the verdicts against the targets 
 written to the JSON.
 
 Modules: ``cases`` (cases, targets, selection), ``runners`` (the configurations), ``timing``
-(syncs, section timers), ``measure`` (build, timed rounds, memory, profile: ``run_case``),
+(syncs, section timers, the interleaved rounds, ratios with their spread and floors), ``memory`` (the
+memory pass, the profile), ``measure`` (build, timed rounds, figures: ``run_case``),
 ``report`` (the printed table, metadata), ``scaling`` (the scaling table), ``cli`` (options, ``run``,
 ``main``).
 """
