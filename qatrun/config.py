@@ -16,7 +16,8 @@ OPERATIONAL = ("resume", "device", "compile", "trainer.progress", "trainer.check
 # Keys added to configs/config.yaml after runs were recorded, with the value that a saved config lacking them
 # computed with (their default, which tests/test_mirror_extension.py checks against the YAML). A key at that value
 # leaves the fingerprint and the resume rule as before, so older runs stay the same result and still resume.
-ADDED = {"pair.mirror_extension": "shift", "trainer.metrics": "all"}
+ADDED = {"pair.mirror_extension": "shift", "trainer.metrics": "all", "quantizer.name": "tensor",
+         "quantizer.scale": None, "activation": None}
 
 
 def is_operational(key: str) -> bool:

@@ -89,6 +89,17 @@ def min_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def broadcast_(tensors) -> None:
+    """Rank 0's values into ``tensors`` on every rank, in place (nothing without torchrun); any dtype (sent as
+    float64, which holds the bool, int and float values of a few calibration buffers exactly)."""
+    if not active():
+        return
+    for t in tensors:
+        buf = t.detach().to(torch.float64)
+        dist.broadcast(buf, src=0)
+        t.data.copy_(buf.to(t.dtype))
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

@@ -1,17 +1,14 @@
-"""The pair: the estimator run and its twin, built once, stepped in lockstep, saved and restored.
+"""The pair: the estimator run and its twin (``qatrun.build``), stepped in lockstep, measured, saved and restored.
 
-The twin (arXiv 2405.05171; docs/configuration.md, "pair.twin") is a clipped-STE run that should track
-the estimator run: for SGD it starts at ``M(w0)`` and trains its quantized weights at ``alpha * lr`` (a
-parameter group of their own: scaling the learning rate, not the gradient, keeps momentum and Adam's
-moments right; L2 weight decay is outside the theorem either way); for Adam it is plain STE with the
-same init and lr. Everything that is not a quantized
-weight (biases, float layers, batch-norm) starts identical and keeps the same lr in both runs.
+The twin (arXiv 2405.05171; docs/configuration.md, "pair.twin") is a clipped-STE run that should track the
+estimator run: for SGD it starts at ``M(w0)`` and trains its quantized weights at ``alpha * lr``; for Adam
+it is plain STE with the same init and lr. The pair metrics (``qatrun.metrics``) are selected by name and
+looped over; ``Pair`` names none of them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 
 import torch
 import torch.nn as nn
@@ -19,53 +16,13 @@ import torch.nn.functional as F
 
 from qatrun import dist
 from qatrun.estimators import Estimator
-from qatrun.layers import quant_layers, quantize_model, set_estimator
+from qatrun.build import activation_quantizers, autocast, build_run, calibrate, make_twin, param_groups  # noqa: F401
+from qatrun.layers import quant_layers
 from qatrun.metrics import METRICS, PairMetric, PairView, TestScores
+from qatrun.metrics.changepoints import levels
 from qatrun.metrics.common import to_host
-from qatrun.models import build_model, float_names
 from qatrun.optim import build_optimizer, build_scheduler
 from qatrun.twin import ROLES, TWIN_CHOICES, TWIN_MODES, TwinSpec, alignment_map, resolve_twin  # noqa: F401 (API)
-
-
-def make_twin(model: nn.Module, spec: TwinSpec) -> nn.Module:
-    """A copy of the estimator run's model with the twin's estimator and init (``M_B^{-1}(M_A(w0))`` when warped)."""
-    twin = copy.deepcopy(model)
-    est_layers = dict(quant_layers(model))
-    set_estimator(twin, spec.estimator)
-    if spec.init == "mirror":
-        with torch.no_grad():
-            for name, layer in quant_layers(twin):
-                src = est_layers[name]
-                layer.weight.copy_(spec.to_twin(src.weight, src.m))
-    return twin
-
-
-def param_groups(model: nn.Module, lr: float, quant_factor: float = 1.0) -> list[dict]:
-    """Two groups: quantized latent weights (lr * quant_factor) and everything else (lr)."""
-    qw = [layer.weight for _, layer in quant_layers(model)]
-    ids = {id(p) for p in qw}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    groups = [{"params": qw, "lr": lr * quant_factor, "name": "quantized"}]
-    if rest:
-        groups.append({"params": rest, "lr": lr, "name": "float"})
-    return groups
-
-
-def build_run(model: str, num_classes: int, estimator: Estimator, seed: int, he_init: bool = True,
-              input_shape=None, quantize_linear: bool = False, **model_kwargs) -> nn.Module:
-    """The estimator run's model: built from ``seed`` for ``input_shape`` (C, H, W; default: the model's
-    own) inputs, its quantized layers (``qatrun.models.quantized_names``) swapped in, He-uniform init."""
-    torch.manual_seed(seed)
-    net = build_model(model, num_classes, input_shape, **model_kwargs)
-    quantize_model(net, estimator, skip=float_names(net, quantize_linear), reinit=he_init,
-                   generator=torch.Generator().manual_seed(seed))
-    return net
-
-
-def autocast(precision: str, device: torch.device):
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def compile_step(model, optimizer, scheduler, precision: str = "fp32", channels_last: bool = False,
@@ -87,13 +44,16 @@ def compile_step(model, optimizer, scheduler, precision: str = "fp32", channels_
     return step
 
 
-def levels(layers) -> list[torch.Tensor]:
-    """Level index of every quantized weight, per layer (int16, on the device)."""
-    return [l.grid.level_index(l.weight.detach(), l.m).to(torch.int16) for _, l in layers]
-
-
 # Checkpoints written before the metrics were plug-ins keep their state under these keys.
 _OLD_STATE_KEYS = {"comparer": "weights", "tracker": "changepoints"}
+
+
+def per_weight_range(layer) -> torch.Tensor:
+    """Each weight's current range, flat, on the CPU (a fixed per-tensor range repeated)."""
+    m = layer.m
+    if isinstance(m, float):
+        return torch.full((layer.weight.numel(),), m)
+    return torch.as_tensor(m, dtype=torch.float32).cpu().expand(layer.weight.shape).reshape(-1)
 
 
 class Pair:
@@ -123,11 +83,12 @@ class Pair:
         self.scheds = [build_scheduler(o, steps, warmup_frac) for o in self.optims]
         self.models, self.runs = models, ["est", "twin"][: len(models)]
         self.layers = [quant_layers(m) for m in models]
-        self.view = PairView(self.layers[0], self.layers[-1], alignment_map(estimator, spec), spec.init == "mirror") \
-            if len(models) == 2 else None
+        fixed = all(layer.wq.is_fixed for ls in self.layers for _, layer in ls)
+        self.view = PairView(self.layers[0], self.layers[-1], alignment_map(estimator, spec), spec.init == "mirror",
+                             fixed) if len(models) == 2 else None
         # rank 0 measures; a metric whose hooks run collectives is built on every rank
-        self.metrics = {n: METRICS.build(n, view=self.view) for n in metrics
-                        if self.view is not None and (measure or METRICS.get(n).every_rank)}
+        self.metrics = {n: METRICS.build(n, view=self.view) for n in metrics if self.view is not None
+                        and (measure or METRICS.get(n).every_rank) and METRICS.get(n).applies(self.view)}
         self.measured = self.view is not None and measure
         self.stepped = [(n, m) for n, m in self.metrics.items() if type(m).update is not PairMetric.update]
         self.weights0 = [[l.weight.detach().clone() for _, l in ls] for ls in self.layers]
@@ -143,11 +104,15 @@ class Pair:
         self.loss_sums = torch.zeros(len(models), device=device)
         self.first_bad = torch.full((len(models),), -1, dtype=torch.long, device=device)
         self.since = 0
+        self.calibrating = bool(activation_quantizers(model))  # until the first batch (or a checkpoint) sets them
 
     def step(self, step: int, x, y, timer=None) -> None:
         """One lockstep iteration on batch (x, y): both runs, then the on-device metric accumulators.
         ``timer(name)`` (a context manager factory) lets the benchmark time each section."""
         timer = timer or (lambda name: contextlib.nullcontext())
+        if self.calibrating:
+            calibrate(self.models, x, self.precision)
+            self.calibrating = False
         if self.timed:
             self.progress.fill_(step / self.steps)
         for i, fn in enumerate(self.step_fns):
@@ -232,7 +197,8 @@ class Pair:
     def weight_sample(self, n: int, seed: int) -> dict[str, torch.Tensor] | None:
         """A fixed random sample of ``n`` quantized weights for the report's scatter plots: initial and
         final weights of both runs, ``map(w_est)``, the range ``m``, the final level index of each
-        run, and the grid's rounding thresholds in units of ``m`` (the same for every layer)."""
+        run (each on its own grid, ``m`` and ``m_twin``), and the grid's rounding thresholds in units of ``m``
+        (the same for every layer)."""
         if not self.measured:
             return None
         to_twin = self.view.to_twin if self.view.use_mirror else (lambda layer: layer.weight.detach())
@@ -243,7 +209,8 @@ class Pair:
             est=flat(l.weight.detach() for _, l in self.layers[0]),
             twin=flat(l.weight.detach() for _, l in self.layers[1]),
             est_mapped=flat(to_twin(l) for _, l in self.layers[0]),
-            m=torch.cat([torch.full((l.weight.numel(),), l.m) for _, l in self.layers[0]]),
+            m=torch.cat([per_weight_range(l) for _, l in self.layers[0]]),
+            m_twin=torch.cat([per_weight_range(l) for _, l in self.layers[1]]),
             level_est=torch.cat([t.flatten().long().cpu() for t in levels(self.layers[0])]),
             level_twin=torch.cat([t.flatten().long().cpu() for t in levels(self.layers[1])]),
         )

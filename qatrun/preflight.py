@@ -27,9 +27,10 @@ from qatrun.checks import nearest
 from qatrun.compose import compose_config
 from qatrun.rundir import STATUS
 from qatrun.config import OPERATIONAL, config_diff, flatten, with_added
+from qatrun.schema import FAMILIES
 from qatrun.spec import build as build_spec
 
-GROUPS = ("dataset", "model", "optimizer", "estimator", "experiment")
+GROUPS = (*FAMILIES, "experiment")  # the config groups a command chooses options of
 TYPES = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false", "Bool": "true or false",
          "String": "a string"}
 

@@ -25,6 +25,7 @@ from qatrun.data import DATASETS
 from qatrun.estimators import ESTIMATORS
 from qatrun.models import MODELS
 from qatrun.optim import OPTIMIZERS
+from qatrun.quantizers import ACTIVATIONS, QUANTIZERS
 
 # family -> (its registry, the fields every option has beside its builder's parameters)
 FAMILIES = {
@@ -32,6 +33,8 @@ FAMILIES = {
     "model": (MODELS, {"name": str, "he_init": bool, "quantize_linear": bool}),
     "optimizer": (OPTIMIZERS, {"name": str}),
     "estimator": (ESTIMATORS, {"name": str, "bits": int, "grid": str}),
+    "quantizer": (QUANTIZERS, {"name": str}),
+    "activation": (ACTIVATIONS, {"name": str}),
 }
 PRIMITIVE = (int, float, bool, str)
 
@@ -98,6 +101,8 @@ class Config:
     optimizer: Any = MISSING
     estimator: Any = MISSING
     twin_estimator: Any = None  # the twin's own estimator group (null: the STE)
+    quantizer: Any = MISSING  # how each quantized layer's range is set (configs/quantizer/)
+    activation: Any = None  # the quantized inputs (configs/activation/; null: float inputs)
     experiment_name: str = MISSING
     seed: int = MISSING
     device: str = MISSING

@@ -10,12 +10,12 @@ preflight is exactly what training does, minus the training. Errors are ``ValueE
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from omegaconf import OmegaConf
 
-from qatrun import checks, estimators, identity, optim
+from qatrun import checks, estimators, identity, optim, quantizers
 from qatrun.metrics import select as select_metrics
 from qatrun.data import DataShape, describe
 from qatrun.models import check_model
@@ -88,6 +88,10 @@ class RunSpec:
     he_init: bool
     quantize_linear: bool
     quantized: list  # the names of the layers a run quantizes, in module order
+    quantizer: str  # how each quantized layer's range is set (qatrun.quantizers)
+    quantizer_options: dict
+    activation: str | None  # the quantizer of every quantized layer's input but the first's (None: float)
+    activation_options: dict
     data: str
     data_options: dict
     shape: DataShape
@@ -104,6 +108,26 @@ class RunSpec:
     def steps(self, steps_per_epoch: int) -> int:
         tr = self.trainer
         return tr.max_steps if tr.max_steps is not None else tr.epochs * steps_per_epoch
+
+
+def build_quantizers(cfg, est) -> tuple[str, dict, str | None, dict]:
+    """The weight quantizer and the activation quantizer (or None) with their options, each checked by
+    building it once on a stand-in (an option out of range is refused here, in one line)."""
+    q_name, q_options = group(cfg.quantizer)
+    stand_in = torch.linspace(-1.0, 1.0, 16).reshape(4, 4)
+    try:
+        quantizers.create(q_name, est.grid, stand_in, **q_options)
+    except ValueError as exc:
+        raise ValueError(f"quantizer={q_name}: {exc}") from None
+    act = OmegaConf.select(cfg, "activation")
+    if act is None:
+        return q_name, q_options, None, {}
+    a_name, a_options = group(act)
+    try:
+        quantizers.create_activation(a_name, **a_options)
+    except ValueError as exc:
+        raise ValueError(f"activation={a_name}: {exc}") from None
+    return q_name, q_options, a_name, a_options
 
 
 def build_trainer(tr) -> TrainerSpec:
@@ -145,6 +169,9 @@ def build(cfg, data_shape: DataShape | None = None) -> RunSpec:
     optim.build_optimizer(opt_name, [torch.zeros(1, requires_grad=True)], lr, **opt_options)  # torch's checks too
     twin = resolve_twin(cfg.pair.twin, est, optim.twin_rule(opt_name), cfg.pair.twin_lr_scale, twin_est,
                         cfg.pair.mirror_extension)
+    q_name, q_options, a_name, a_options = build_quantizers(cfg, est)
+    twin = replace(twin, in_theorem=quantizers.facts(q_name)["in_theorem"]
+                   and (a_name is None or quantizers.facts(a_name)["in_theorem"]))
     model_name, model_options = group(cfg.model)
     he_init, quantize_linear = model_options.pop("he_init"), model_options.pop("quantize_linear")
     quantized = check_model(model_name, model_options, shape.input_shape, shape.num_classes, quantize_linear)
@@ -154,6 +181,6 @@ def build(cfg, data_shape: DataShape | None = None) -> RunSpec:
                     f"{trainer.warmup_frac:g}) has it at 0: optimizer.lr={lr:g} has no effect and every step size starts "
                     "at its minimum; set trainer.warmup_frac=0 to start from optimizer.lr",)
     return RunSpec(est, twin_est, twin, opt_name, lr, opt_options, model_name, model_options, he_init, quantize_linear,
-                   quantized, data_name, data_options, shape, device, trainer, cfg.seed, cfg.deterministic,
+                   quantized, q_name, q_options, a_name, a_options, data_name, data_options, shape, device, trainer, cfg.seed, cfg.deterministic,
                    cfg.precision, cfg.channels_last, cfg.compile, identity.of(cfg), warnings)
 

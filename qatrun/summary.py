@@ -47,13 +47,14 @@ def compose(pair, spec, steps: int, final_eval: dict, history: dict, device) -> 
     HParams view, identity and the report columns of its metrics."""
     summary = summarize(pair, spec, steps, final_eval, history)
     summary["quantized_layers"] = list(spec.quantized)
+    summary["quantized_inputs"] = list(spec.quantized[1:]) if spec.activation else []
     summary["fp32_precision"] = fp32_precision() if device.type == "cuda" else None
     summary["distributed"] = {"backend": dist.backend(), "world_size": dist.world()} if dist.active() else None
     why = divergence(history, summary, pair.runs, spec.shape.num_classes)
     summary["diverged"], summary["diverged_why"] = why is not None, why
     summary["hparams"] = hparam_view(spec, pair, steps)  # a sweep's HParams experiment reads them (qatrun.sweep)
     summary["fingerprint"], summary["provenance"] = spec.run.fingerprint, spec.run.provenance
-    summary["columns"] = columns(spec.trainer.metrics)  # the report's table reads a metric's columns from here
+    summary["columns"] = columns(list(pair.metrics))  # the report's table reads a metric's columns from here
     return summary
 
 
@@ -73,7 +74,8 @@ def hparam_view(spec, pair, steps: int) -> dict:
     out |= {"alpha": est.alpha if est.in_class else float("nan"), "optimizer": spec.optimizer, "lr": spec.lr,
             "twin": twin.mode, "twin_init": twin.init, "twin_lr_factor": twin.lr_factor,
             "twin_lr_scale": twin.lr_scale, "mirror_extension": twin.extension, "dataset": spec.data,
-            "model": spec.model, "steps": steps, "seed": spec.seed}
+            "model": spec.model, "steps": steps, "seed": spec.seed, "quantizer": spec.quantizer,
+            "activation": spec.activation or "none", "in_theorem": twin.in_theorem}
     return out
 
 

@@ -50,7 +50,9 @@ def set_determinism(on: bool) -> None:
 def pair_from_spec(spec: RunSpec, device, steps: int, measure: bool = True) -> Pair:
     """The pair described by ``spec`` (``qatrun.spec.build``), on ``device``, for ``steps`` steps."""
     model = build_run(spec.model, spec.shape.num_classes, spec.estimator, spec.seed, spec.he_init,
-                      spec.shape.input_shape, spec.quantize_linear, **spec.model_options)
+                      spec.shape.input_shape, spec.quantize_linear, quantizer=spec.quantizer,
+                      quantizer_options=spec.quantizer_options, activation=spec.activation,
+                      activation_options=spec.activation_options, **spec.model_options)
     if spec.deterministic and torch.device(device).type == "cuda":  # no deterministic CUDA kernel for the original
         deterministic_pooling(model)
     return Pair(model.to(device), spec.estimator, spec.twin, optimizer=spec.optimizer, lr=spec.lr,
@@ -140,9 +142,14 @@ class _Run:
         self.pair = pair_from_spec(spec, self.device, self.steps, self.main)
         if self.main:
             print(f"quantized layers ({len(spec.quantized)}): {', '.join(spec.quantized)}")
+            if spec.activation is not None:
+                inputs = spec.quantized[1:]
+                print(f"quantized inputs ({len(inputs)}, {spec.activation}, {spec.activation_options['bits']} bits): "
+                      f"{', '.join(inputs) or 'none (one quantized layer: its input is the data)'}")
             for line in spec.warnings:
                 print(f"qatrun: warning: {line}", file=sys.stderr)
-        self.start, self.rec = 0, Recorder(spec.trainer.metrics)
+        self.start = 0  # the curves kept: those of the metrics this pair measures
+        self.rec = Recorder(list(self.pair.metrics) if self.pair.measured else spec.trainer.metrics)
         blob = ckpt.load_for_resume(run_dir, spec.run.config, spec.run.provenance)
         if blob is not None:
             self.start = ckpt.restore(blob, self.pair, self.rec)

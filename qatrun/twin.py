@@ -15,7 +15,8 @@ from typing import NamedTuple
 import torch
 
 from qatrun import checks, estimators
-from qatrun.estimators import EXTENSIONS, Estimator, NotInClassError, PeriodicEstimator, describe, warp
+from qatrun.estimators import EXTENSIONS, Estimator, NotInClassError, PeriodicEstimator, describe
+from qatrun.quantizers.ranges import warp  # per tensor: estimators.warp itself; per channel: channel by channel
 
 
 class Role(NamedTuple):
@@ -70,6 +71,9 @@ class TwinSpec:
     role: str = "none"
     rule: str = "warp"
     extension: str = "shift"
+    # False when the grid moves (a learned or recomputed range): the theorem covers a fixed grid, so the twin
+    # is the natural one (from the initial grid) and its figures are measured, not predicted
+    in_theorem: bool = True
 
     @property
     def predicted(self) -> bool:
@@ -97,7 +101,7 @@ class TwinSpec:
                 "alpha_twin": est.alpha if est is not None and est.in_class else None,
                 "twin_clip": list(est.clip) if isinstance(est, PeriodicEstimator) else None,
                 "twin_role": self.role, "twin_predicted": self.predicted, "twin_description": self.description,
-                "twin_rule": self.rule, "mirror_extension": self.extension}
+                "twin_rule": self.rule, "mirror_extension": self.extension, "in_theorem": self.in_theorem}
 
 
 def _role(which: str, init: str, use_alpha: bool, ab: bool, lr_scale: float) -> str:

@@ -67,7 +67,7 @@ def test_quantize_model_skips_classifier_and_keeps_biases():
     after = model.state_dict()
     for k, v in before.items():
         assert torch.equal(after[k], v), k  # nothing re-drawn without reinit
-    assert set(after) - set(before) == {"0.qrange", "3.qrange"}
+    assert set(after) - set(before) == {"0.wq.qrange", "3.wq.qrange"}  # each layer's range, in its quantizer
 
 
 def test_quantize_model_explicit_skip_and_reinit():

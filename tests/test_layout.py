@@ -18,6 +18,7 @@ FLOORS = [
     {"qatrun.estimators", "qatrun.metrics", "qatrun.models", "qatrun.data", "qatrun.optim", "qatrun.checkpoint"},
     {"qatrun.quantizers"},
     {"qatrun.layers", "qatrun.twin", "qatrun.record", "qatrun.summary"},
+    {"qatrun.build"},
     {"qatrun.pair", "qatrun.schema"},
     {"qatrun.helptext"},
     {"qatrun.runname"},

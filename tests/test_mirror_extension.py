@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from qatrun import estimators as E
 from qatrun.config import ADDED, config_diff, fingerprint, with_added
@@ -276,9 +277,9 @@ def test_the_key_reaches_the_spec_the_summary_and_the_printed_line():
 
 
 def test_the_default_is_shift_and_added_says_so():
-    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "config.yaml").read_text())
+    composed = OmegaConf.to_container(make_cfg(), resolve=True)  # the defaults as composed (group options too)
     for key, value in ADDED.items():
-        node = cfg
+        node = composed
         for part in key.split("."):
             node = node[part]
         assert node == value, key

@@ -10,7 +10,8 @@ loops over the selected ones without naming any.
 The interface, all optional but the constructor (every hook runs on every step or evaluation, so none
 may sync the host inside ``update``):
 
-* ``__init__(view)``: built from a ``PairView`` (the two runs' quantized layers and the map between them);
+* ``__init__(view)``: built from a ``PairView`` (the two runs' quantized layers and the map between them),
+  where ``applies(view)`` says the metric means something for that pair;
 * ``update(step)``: after each lockstep step; ``compute(per_layer)``: 0-dim device tensors, logged every
   ``trainer.log_every`` steps and written to ``summary.json``;
 * ``eval_batch(logits_a, logits_b, labels, loss_a, loss_b)`` and ``eval_compute(all_sum)``: over the test
@@ -51,12 +52,15 @@ class Figure(NamedTuple):
 class PairView:
     """What a pair metric is built from: each run's quantized layers ``[(name, layer), ...]``, in module order,
     ``to_twin`` (an estimator-run layer -> its weights in the twin's coordinates, or None where the estimators
-    have no mirror map) and ``use_mirror`` (whether the twin's init went through that map)."""
+    have no mirror map), ``use_mirror`` (whether the twin's init went through that map) and ``fixed`` (whether
+    every range of both runs stays where it started; where one moves, the alignment through M is not
+    defined)."""
 
     est_layers: list
     twin_layers: list
     to_twin: Callable | None
     use_mirror: bool
+    fixed: bool = True  # every range of both runs fixed (the theorem's grid); False: learned or recomputed
 
     @property
     def device(self) -> torch.device:
@@ -72,6 +76,11 @@ class PairMetric:
 
     def __init__(self, view: PairView):
         self.view = view
+
+    @classmethod
+    def applies(cls, view: PairView) -> bool:
+        """Whether this metric means anything for this pair (a range drift needs a range that moves)."""
+        return True
 
     def update(self, step: int) -> None:
         pass

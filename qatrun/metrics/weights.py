@@ -12,6 +12,11 @@ import torch
 from qatrun.metrics.base import METRICS, Figure, PairMetric
 
 
+def _range64(layer) -> torch.Tensor:
+    """A layer's current range as an fp64 tensor that broadcasts over its weight (per tensor or per channel)."""
+    return torch.as_tensor(layer.m, dtype=torch.float64, device=layer.weight.device)
+
+
 class WeightComparer:
     """Quantized agreement and alignment between two runs' quantized weights, all on the device.
 
@@ -22,7 +27,7 @@ class WeightComparer:
     twin's init went through it (then it is the headline map, else the identity is).
     """
 
-    def __init__(self, est_layers, twin_layers, use_mirror: bool, to_twin=None):
+    def __init__(self, est_layers, twin_layers, use_mirror: bool, to_twin=None, fixed: bool = True):
         self.names = [n for n, _ in est_layers]
         self.est = [l for _, l in est_layers]
         self.twin = [l for _, l in twin_layers]
@@ -31,7 +36,11 @@ class WeightComparer:
         if use_mirror and to_twin is None:
             raise ValueError("a warped twin needs its map (to_twin)")
         dev = self.twin[0].weight.device
-        self.inv_m = [1.0 / l.m for l in self.twin]
+        # Fixed per-tensor ranges (floats): one scale per layer. A range per channel, or one that moves, divides
+        # each weight by its own current range. Where a grid moves the alignment is not defined (``fixed``).
+        self.fixed = fixed
+        self.scalar = fixed and all(isinstance(l.m, float) for l in self.twin)
+        self.inv_m = [1.0 / l.m for l in self.twin] if self.scalar else None
         self.travelled = torch.zeros((), dtype=torch.float64, device=dev)
         self._prev = [l.weight.detach().clone() for l in self.twin]
 
@@ -41,8 +50,11 @@ class WeightComparer:
         cur = [l.weight.detach() for l in self.twin]
         diffs = torch._foreach_sub(cur, self._prev)
         torch._foreach_abs_(diffs)
-        norms = torch._foreach_norm(diffs, 1)
-        self.travelled += torch.stack([n.double() * s for n, s in zip(norms, self.inv_m)]).sum()
+        if self.scalar:
+            norms = torch._foreach_norm(diffs, 1)
+            self.travelled += torch.stack([n.double() * s for n, s in zip(norms, self.inv_m)]).sum()
+        else:
+            self.travelled += torch.stack([(d.double() / _range64(l)).sum() for d, l in zip(diffs, self.twin)]).sum()
         torch._foreach_copy_(self._prev, cur)
 
     def mapped(self, layer) -> torch.Tensor:
@@ -64,18 +76,20 @@ class WeightComparer:
         maps = {"identity": False, "mirror": True} if self.to_twin is not None else {"identity": False}
         out, agree, total = {}, 0, 0
         dist = {k: 0 for k in maps}
-        for name, le, lt, inv_m in zip(self.names, self.est, self.twin, self.inv_m):
+        for i, (name, le, lt) in enumerate(zip(self.names, self.est, self.twin)):
             g = le.grid
             same = (g.level_index(le.weight, le.m) == g.level_index(lt.weight, lt.m)).sum()
             out[f"layers/{name}/quantized_agreement"] = same / le.weight.numel()
             agree, total = agree + same, total + le.weight.numel()
             for k, mirror in maps.items():
-                dist[k] = dist[k] + (self._map(le, mirror).double() - lt.weight.double()).abs().sum() * inv_m
+                gap = (self._map(le, mirror).double() - lt.weight.double()).abs()
+                dist[k] = dist[k] + (gap.sum() * self.inv_m[i] if self.scalar else (gap / _range64(lt)).sum())
         out["pair/quantized_agreement"] = agree / total
         out["pair/quantized_mismatches"] = total - agree  # an integer: the step-0 check needs no division
         out["pair/distance_travelled"] = self.travelled.clone()
         # over zero distance travelled the error is 0/0: NaN (null in summary.json), never a perfect 0.0
-        error = lambda d: torch.where(self.travelled > 0, d / self.travelled, torch.full_like(d, float("nan")))
+        defined = self.travelled > 0 if self.fixed else torch.zeros((), dtype=torch.bool, device=self.travelled.device)
+        error = lambda d: torch.where(defined, d / self.travelled, torch.full_like(d, float("nan")))
         for k in maps:
             out[f"pair/alignment_distance_{k}"] = dist[k]
             out[f"pair/alignment_error_{k}"] = error(dist[k])
@@ -104,8 +118,9 @@ class WeightComparer:
 
 @METRICS.register("weights")
 class WeightAgreement(PairMetric):
-    """Quantized agreement and alignment (``WeightComparer``), with the step-0 invariant: a twin starts on
-    the estimator run's levels and at its mapped weights, or its init map is wrong."""
+    """Quantized agreement and alignment (``WeightComparer``), with the step-0 invariant of a fixed grid: a
+    twin starts on the estimator run's levels and at its mapped weights, or its init map is wrong. Where a
+    grid moves the alignment through M is not defined (null, never 0)."""
 
     section = "accumulate"
     figures = (
@@ -119,7 +134,7 @@ class WeightAgreement(PairMetric):
 
     def __init__(self, view):
         super().__init__(view)
-        self.comparer = WeightComparer(view.est_layers, view.twin_layers, view.use_mirror, view.to_twin)
+        self.comparer = WeightComparer(view.est_layers, view.twin_layers, view.use_mirror, view.to_twin, view.fixed)
 
     def update(self, step: int) -> None:
         self.comparer.accumulate()
@@ -128,6 +143,8 @@ class WeightAgreement(PairMetric):
         return self.comparer.compute()
 
     def start_problem(self, figures: dict) -> str | None:
+        if not self.view.fixed:  # a range recomputed from each run's own weights (absmean) differs from the start
+            return None
         if figures["pair/quantized_mismatches"] == 0 and figures["pair/alignment_distance"] == 0.0:  # in integers
             return None
         return (f"quantized agreement {figures['pair/quantized_agreement']} (must be 1) and alignment distance "

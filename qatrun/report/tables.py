@@ -13,12 +13,15 @@ from qatrun.metrics.names import columns
 # even where its package is not imported. Kind "frac" prints 4 decimals, "err" 3 significant digits.
 
 
+BEFORE = ["changepoints", "function", "weights"]  # the metrics of every summary without a "columns" record
+
+
 def _declared(run) -> dict:
     cols = run.summary.get("columns")
     if isinstance(cols, dict):
         return {k: v for k, v in cols.items() if isinstance(v, list) and len(v) == 3 and isinstance(v[0], str)
                 and v[1] in ("frac", "err") and isinstance(v[2], (int, float))}
-    return columns()  # a summary from before metrics named their columns: every registered metric's
+    return columns(BEFORE)  # a summary from before metrics named their columns: the metrics there were then
 
 
 def table_columns(runs) -> list[tuple[str, str, str]]:
