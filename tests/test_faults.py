@@ -213,3 +213,25 @@ def test_a_digest_mismatch_shows_where_the_digests_differ(tmp_path):
     assert f"saved {wrong[:21]}..., now {digest[:21]}..." in msg
     path.write_bytes(ckpt.MAGIC + digest.encode() + b"\r\n" + payload)  # a line ending changed on the way
     assert "\\r..." in one_line(ckpt.load, path, error=ckpt.CheckpointError)
+
+
+# --- no test leaves a thread that raises ------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_run_directory_removed_mid_run_leaves_no_thread_raising(tmp_path, monkeypatch):
+    """TensorBoard's writer thread fails on the removed directory; the run ends in its one line, and the
+    thread's OSError reaches nobody (it was a PytestUnhandledThreadExceptionWarning at the end of the suite)."""
+    import shutil
+
+    from qatrun.errors import TrainingError
+    from qatrun.train import train
+
+    run, real = tmp_path / "run", ckpt.save
+
+    def save_then_remove(d, step, *a):
+        real(d, step, *a)
+        shutil.rmtree(run)
+
+    monkeypatch.setattr(ckpt, "save", save_then_remove)
+    with pytest.raises(TrainingError, match="was removed while the run was going"):
+        train(make_cfg("trainer.max_steps=4", "trainer.checkpoint_every=2"), run)
