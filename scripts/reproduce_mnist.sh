@@ -47,7 +47,8 @@ case "$mode" in
     ;;
   report)  # no training: redraw results/mnist (or $OUT) from its runs
     out=${OUT:-results/mnist}
-    "$REPORT" "$out/runs" --out "$out" --drift experiment_name=long --atlas experiment_name=optimizers
+    "$REPORT" "$out/runs" --out "$out" --drift experiment_name=long --atlas experiment_name=optimizers \
+      --quantizer-atlas experiment_name=quantizers
     exit ;;
   *) echo "usage: $0 full|quick|report [overrides]" >&2; exit 2 ;;
 esac

@@ -15,7 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 DOCS = ROOT / "docs"
-GROUPS = ("dataset", "model", "optimizer", "estimator", "experiment")
+GROUPS = ("dataset", "model", "optimizer", "estimator", "quantizer", "activation", "experiment")
 
 pytest.importorskip("mkdocs", reason="the docs extra is not installed (make install installs it)")
 pytest.importorskip("material", reason="the docs extra is not installed (make install installs it)")
@@ -38,8 +38,8 @@ def page(site: Path, name: str) -> str:
 
 
 def test_mkdocs_build_strict_has_every_page(site):
-    for name in ("", "configuration", "estimators", "own-model-data", "metrics", "api", "sweeps", "reliability",
-                 "results", "reproducing", "benchmarks", "method", "development"):
+    for name in ("", "configuration", "estimators", "quantizers", "own-model-data", "metrics", "api", "sweeps",
+                 "reliability", "results", "reproducing", "benchmarks", "method", "development"):
         page(site, name)
     assert (site / "results" / "mnist" / "drift.png").is_file() and (site / "results" / "mnist" / "lr_law.png").is_file()
     assert (site / "search" / "search_index.json").is_file()

@@ -5,6 +5,7 @@
     figures.py  per-pair figures (curves, alignment and movement scatters, agreement); plot style
     lrlaw.py    the learning-rate law: error vs learning rate, log-log fit per family
     atlas.py    the optimizer atlas: each optimizer's predicted twin against the other rule's, the floors
+    quantizer_atlas.py  the quantizer atlas: the same rows per quantizer setting (outside the theorem: measured)
     tables.py   table.md / table.csv
     cli.py      report(): everything into one output directory; main(): the command line
 

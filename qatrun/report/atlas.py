@@ -7,6 +7,7 @@ sign-based one: the check that the prediction discriminates), of the jitter floo
 twin, with the verdict of ``verdict.py``; and the measured lr slope: the log-log slope of the predicted
 pair's mover disagreement against the lr. ``qatrun-report`` draws it when the runs hold verdicts for at
 least two optimizers (``--atlas KEY=VALUE`` picks the runs, e.g. ``experiment_name=optimizers``).
+``verdict_rows``, ``draw_marks``, ``pct`` and ``legend`` serve the quantizer atlas too (``quantizer_atlas.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .style import OKABE_ITO
-from .names import settings, twin_rule
+from .names import OUTSIDE, settings, twin_rule
 from .runs import ignored
 from .verdict import families, verdict
 
@@ -25,8 +26,9 @@ OTHER = {"warped": "no_warp", "adam_twin": "other_rule"}  # the other rule's twi
 RULE_ORDER = {"warp": 0, "identity": 1, "exact": 2}
 
 
-def atlas(runs) -> list[dict]:
-    """One row per optimizer setting and lr with a verdict (STE twins; A-B pairs are not in the atlas)."""
+def verdict_rows(runs) -> list[dict]:
+    """One row per family of runs with a verdict against the STE (A-B pairs are not in an atlas): the four twins'
+    figures, the verdict, and ``setting``: what tells two families of one optimizer apart (``names.settings``)."""
     rows = []
     for key, by in families(runs):
         roles = {rl: rs for (t, rl), rs in by.items() if t == "STE"}
@@ -39,11 +41,18 @@ def atlas(runs) -> list[dict]:
                      "rule": twin_rule(roles[pred][0]), "lr": v["lr"], "steps": v["steps"], "seeds": v["seeds"],
                      "predicted": figs[pred], "other": figs.get(OTHER[pred]), "jitter": figs.get("jitter"),
                      "untrained": figs["untrained"], "movers": v["mover_fraction"], "verdict": v["verdict"],
-                     "gap_closed": v["gap_closed"]})
+                     "gap_closed": v["gap_closed"], "quantizer": v["quantizer"], "in_theorem": v["in_theorem"]})
+    for r, setting in zip(rows, settings([(r["optimizer"], r["config"]) for r in rows])):
+        r["setting"] = " ".join(filter(None, (r["quantizer"], setting)))  # a quantizer setting is named first
+        r["other_setting"] = setting
+    return rows
+
+
+def atlas(runs) -> list[dict]:
+    """One row per optimizer setting and lr with a verdict, when the runs hold verdicts for two optimizers."""
+    rows = verdict_rows(runs)
     if len({r["optimizer"] for r in rows}) < 2:
         return []
-    for r, setting in zip(rows, settings([(r["optimizer"], r["config"]) for r in rows])):
-        r["setting"] = setting
     for rs in group(rows).values():
         slope = lr_slope(rs)
         for r in rs:
@@ -70,13 +79,18 @@ def lr_slope(rows: list[dict]) -> float | None:
 
 
 def name(r: dict) -> str:
-    return r["optimizer"] + (f" {r['setting']}" if r["setting"] else "")
+    return r["optimizer"] + (f" {r['setting']}" if r["setting"] else "") + ("" if r["in_theorem"] else f" ({OUTSIDE})")
 
 
-def _pct(st) -> str:
+def pct(st) -> str:
+    """A statistic over seeds in % (mean ± sample std), "—" when not measured."""
     if not st or st["mean"] is None:
         return "—"
     return f"{100 * st['mean']:.1f}" + (f" ± {100 * st['std']:.1f}" if st["n"] > 1 and st["std"] is not None else "")
+
+
+def gap(r: dict) -> str:
+    return "—" if r["gap_closed"] is None else f"{100 * r['gap_closed']:.0f}%"
 
 
 def atlas_markdown(rows: list[dict]) -> str:
@@ -84,11 +98,10 @@ def atlas_markdown(rows: list[dict]) -> str:
     lines = ["| Optimizer | Twin rule | lr | Seeds | Movers | Predicted twin | Other rule's twin | Jitter floor | "
              "Untrained twin | Gap closed | Verdict | lr slope |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        gap = "—" if r["gap_closed"] is None else f"{100 * r['gap_closed']:.0f}%"
         slope = "—" if r.get("lr_slope") is None else f"{r['lr_slope']:.2f}"
-        lines.append(f"| {name(r)} | {r['rule']} | {r['lr']:g} | {r['seeds']} | {_pct(r['movers'])} | "
-                     f"{_pct(r['predicted'])} | {_pct(r['other'])} | {_pct(r['jitter'])} | {_pct(r['untrained'])} | "
-                     f"{gap} | {r['verdict']} | {slope} |")
+        lines.append(f"| {name(r)} | {r['rule']} | {r['lr']:g} | {r['seeds']} | {pct(r['movers'])} | "
+                     f"{pct(r['predicted'])} | {pct(r['other'])} | {pct(r['jitter'])} | {pct(r['untrained'])} | "
+                     f"{gap(r)} | {r['verdict']} | {slope} |")
     return "\n".join(lines) + "\n"
 
 
@@ -111,13 +124,7 @@ def fig_atlas(rows: list[dict]):
             lrs = sorted({r["lr"] for r in rs})
             if pick is max and len(lrs) < 2:
                 continue
-            r = next(r for r in rs if r["lr"] == pick(lrs))
-            for field, label, style in MARKS:
-                st = r[field]
-                if st and st["mean"] is not None:
-                    lo, hi = st["mean"] - (st["min"] or st["mean"]), (st["max"] or st["mean"]) - st["mean"]
-                    ax.errorbar(st["mean"], y[k], xerr=[[lo], [hi]] if st["n"] > 1 else None, ls="none",
-                                label=label, capsize=2, **style)
+            draw_marks(ax, next(r for r in rs if r["lr"] == pick(lrs)), y[k])
         ax.set(title=f"mover agreement {head}", xlabel="agreement over movers (fraction)", xlim=(-0.02, 1.02))
     for k, rs in groups.items():
         s = rs[0].get("lr_slope")
@@ -127,8 +134,27 @@ def fig_atlas(rows: list[dict]):
     axes[2].set(title="lr slope\n(predicted pair)", xlabel="log-log slope\nof 1 − agreement")
     axes[0].set_yticks(list(y.values()), [f"{o} {s}".strip() + f" ({next(r['rule'] for r in rows if r['optimizer'] == o)})"
                                           for o, s in y])
-    handles, labels = axes[0].get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    fig.legend(uniq.values(), uniq.keys(), loc="outside lower center", ncols=4, frameon=False)
+    legend(fig, axes)
     fig.suptitle("Optimizer atlas: does the twin each optimizer's rule predicts track the estimator run?")
     return fig
+
+
+def draw_marks(ax, r: dict, y: float, dy: float = 0.0) -> None:
+    """The four twins' mover agreement of one atlas row at height ``y`` (+ ``dy``), the spread over seeds as
+    error bars (min to max)."""
+    for field, label, style in MARKS:
+        st = r[field]
+        if st and st["mean"] is not None:
+            lo = max(0.0, st["mean"] - (st["min"] or st["mean"]))  # equal seeds: the mean may round past them
+            hi = max(0.0, (st["max"] or st["mean"]) - st["mean"])
+            ax.errorbar(st["mean"], y + dy, xerr=[[lo], [hi]] if st["n"] > 1 else None, ls="none",
+                        label=label, capsize=2, **style)
+
+
+def legend(fig, axes) -> None:
+    """One legend below the panels, each marker once."""
+    uniq = {}
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        uniq |= {lab: h for lab, h in zip(labels, handles) if lab not in uniq}
+    fig.legend(uniq.values(), uniq.keys(), loc="outside lower center", ncols=max(4, min(len(uniq), 6)), frameon=False)

@@ -8,7 +8,8 @@ Every directory holding a ``summary.json`` (searched recursively) is one pair. W
 ``OUT/table.{md,csv}`` + ``OUT/summary.json`` (seeds aggregated per comparison), ``OUT/drift.<fmt>``
 (``--drift KEY=VALUE``: chosen pairs overlaid over training, see ``drift.py``) and ``OUT/findings.md``
 (a verdict per estimator and learning rate, in plain words, from the numbers: see ``verdict.py``), and
-``OUT/atlas.<fmt>`` + ``OUT/atlas.md`` (the optimizer atlas, ``atlas.py``). Missing pieces
+``OUT/atlas.<fmt>`` + ``OUT/atlas.md`` (the optimizer atlas, ``atlas.py``) and ``OUT/quantizer_atlas.<fmt>`` +
+``OUT/quantizer_atlas.md`` (the quantizer atlas, ``quantizer_atlas.py``). Missing pieces
 (no weight sample, ``pair.twin=none``, NaN metrics) skip the figure and add a note instead.
 """
 
@@ -30,6 +31,7 @@ from .drift import drift_markdown, drift_table, fig_drift, select
 from .figures import pair_figures
 from .labels import aggregate
 from .lrlaw import fig_lr_law, lr_law
+from .quantizer_atlas import fig_quantizer_atlas, quantizer_atlas, quantizer_atlas_markdown
 from .runs import find_runs, stats
 from .style import STYLE, save
 from .tables import table_columns, write_tables, write_tex
@@ -54,6 +56,9 @@ result trees), groups runs that differ only by seed into comparisons, and writes
   OUT/atlas.*, atlas.md       the optimizer atlas, when the runs hold verdicts for two or more optimizers:
                               each one's predicted twin, the other rule's twin, the jitter floor, the
                               untrained twin and the lr slope (--atlas KEY=VALUE picks the runs)
+  OUT/quantizer_atlas.*, .md  the quantizer atlas: the same four twins and a verdict per quantizer setting
+                              (per-channel, learned, recomputed ranges; quantized inputs) and optimizer;
+                              a grid that moves is outside the theorem: measured (--quantizer-atlas KEY=VALUE)
   OUT/summary.json            everything above as data, plus notes on what was skipped and why
 
 Metrics: over the weights that changed level (movers) the agreement of final levels and of level
@@ -67,6 +72,7 @@ examples:
   qatrun-report multirun/2026-11-28/10-00-00 --out report/
   qatrun-report results/mnist/runs --out report/ --formats png tex --no-pairs
   qatrun-report results/mnist/runs --out report/ --drift experiment_name=long
+  qatrun-report results/mnist/runs --out report/ --quantizer-atlas experiment_name=quantizers
   qatrun-report outputs/ --out report/ --label-by optimizer.name pair.twin"""
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
@@ -83,8 +89,33 @@ def prune_pairs(pairs_dir: Path, written: set, notes: list) -> None:
             notes.append(f"removed {d}: figures of a run not in this report")
 
 
+def atlases(runs, out: Path, formats, atlas_by, quantizer_by, notes: list) -> tuple[list, list, list[str]]:
+    """The optimizer atlas and the quantizer atlas (figure and table each, where the runs hold one), and the
+    lines findings.md quotes them with."""
+    rows = atlas(select(runs, atlas_by) if atlas_by else runs)
+    q_rows = quantizer_atlas(select(runs, quantizer_by) if quantizer_by else runs, asked=bool(quantizer_by))
+    lines = []
+    with matplotlib.rc_context(STYLE):
+        if rows:
+            save(fig_atlas(rows), out, "atlas", formats)
+            (out / "atlas.md").write_text(atlas_markdown(rows))
+            lines += ["Optimizer atlas (mover agreement, %, over the weights that changed level; `atlas.png`):\n",
+                      atlas_markdown(rows)]
+        elif atlas_by:
+            notes.append(f"atlas: no verdict for two optimizers among the runs with {' '.join(atlas_by)}; skipped")
+        if q_rows:
+            save(fig_quantizer_atlas(q_rows), out, "quantizer_atlas", formats)
+            (out / "quantizer_atlas.md").write_text(quantizer_atlas_markdown(q_rows))
+            lines += ["Quantizer atlas (mover agreement, %, over the weights that changed level; "
+                      "`quantizer_atlas.png`; a grid that moves is outside the theorem: measured):\n",
+                      quantizer_atlas_markdown(q_rows)]
+        elif quantizer_by:
+            notes.append(f"quantizer atlas: no verdict among the runs with {' '.join(quantizer_by)}; skipped")
+    return rows, q_rows, lines
+
+
 def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=None, pair_figs=True,
-           drift=None, atlas_by=None) -> dict:
+           drift=None, atlas_by=None, quantizer_atlas_by=None) -> dict:
     notes: list = []
     runs = find_runs(paths, notes)
     if not runs:
@@ -113,13 +144,7 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
             notes.append("lr law: no family with >= 3 learning rates; lr_law figure skipped")
         if drifting:
             save(fig_drift(drifting), out, "drift", formats)
-    atlas_rows = atlas(select(runs, atlas_by) if atlas_by else runs)
-    if atlas_rows:
-        with matplotlib.rc_context(STYLE):
-            save(fig_atlas(atlas_rows), out, "atlas", formats)
-        (out / "atlas.md").write_text(atlas_markdown(atlas_rows))
-    elif atlas_by:
-        notes.append(f"atlas: no verdict for two optimizers among the runs with {' '.join(atlas_by)}; skipped")
+    atlas_rows, q_rows, atlas_lines = atlases(runs, out, formats, atlas_by, quantizer_atlas_by, notes)
     write_json(out / "lr_law.json", law)
     write_tables(comparisons, out, cols)
     vs = verdicts(runs)
@@ -130,11 +155,9 @@ def report(paths, out: Path, formats=("png", "pdf"), label_by=None, family_by=No
         kept_out.append(f"No learning-rate law: it fits a slope per family of runs that differ only in the lr and "
                         f"needs at least 3 learning rates in one family; these runs have {len(lrs)} "
                         f"({', '.join(f'{v:g}' for v in lrs)}) and no family with 3.\n")
-    atlas_lines = ["Optimizer atlas (mover agreement, %, over the weights that changed level; `atlas.png`):\n",
-                   atlas_markdown(atlas_rows)] if atlas_rows else []
     (out / "findings.md").write_text(findings_markdown(vs, law, drift_markdown(drift_rows) + kept_out + atlas_lines))
     result = jsonable({"comparisons": comparisons, "columns": cols, "lr_law": law, "verdicts": vs, "drift": drift_rows,
-                       "atlas": atlas_rows,
+                       "atlas": atlas_rows, "quantizer_atlas": q_rows,
                        "pairs": pairs, "notes": notes})
     write_json(out / SUMMARY, result)
     return result
@@ -159,11 +182,15 @@ def main(argv=None) -> int:
                    help="draw the optimizer atlas (OUT/atlas.*, atlas.md) from the runs with these config values, "
                         "e.g. --atlas experiment_name=optimizers (default: all runs, when they hold verdicts for "
                         "two or more optimizers)")
+    p.add_argument("--quantizer-atlas", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="draw the quantizer atlas (OUT/quantizer_atlas.*, quantizer_atlas.md) from the runs with these "
+                        "config values, e.g. --quantizer-atlas experiment_name=quantizers (default: all runs, when "
+                        "they hold verdicts for two or more quantizer settings)")
     args = p.parse_args(argv)
     figure_formats = [f for f in args.formats if f in FIGURE_FORMATS] or ["png", "pdf"]
     try:
         res = report(args.paths, Path(args.out), figure_formats, args.label_by, args.family_by, not args.no_pairs,
-                     args.drift, args.atlas)
+                     args.drift, args.atlas, args.quantizer_atlas)
     except (FileNotFoundError, ValueError) as e:
         print(f"qatrun-report: {e}", file=sys.stderr)
         return 2

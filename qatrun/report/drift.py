@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from .figures import who
-from .names import map_words, optimizer_words
+from .figures import NOT_DEFINED, who
+from .names import grid_moves, map_words, optimizer_words
 from .runs import Run
 from .style import OKABE_ITO, series
 
@@ -53,15 +53,17 @@ def fig_drift(runs: list[Run]):
     the alignment error through M (solid) and through the identity (dotted), log scale, and the fraction
     of quantized weights that moved. One colour per pair."""
     runs = sorted(runs, key=short_label)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
+    drift = any(curve(r, "pair/range_drift") is not None for r in runs)  # where a grid moves: a fourth panel
+    fig, axes = plt.subplots(1, 3 + drift, figsize=(14 + 4.5 * drift, 4.2), layout="constrained")
     for i, r in enumerate(runs):
         c = OKABE_ITO[i % len(OKABE_ITO)]
         lab = short_label(r)
-        for ax, key, kw in [(axes[0], "pair/mover_agreement", dict(label=lab)),
-                            (axes[0], "pair/mover_agreement_untrained", dict(ls="--", lw=1, alpha=0.7)),
-                            (axes[1], "pair/alignment_error_mirror", dict()),
-                            (axes[1], "pair/alignment_error_identity", dict(ls=":")),
-                            (axes[2], "pair/mover_fraction", dict(label=lab))]:
+        panels = [(axes[0], "pair/mover_agreement", dict(label=lab)),
+                  (axes[0], "pair/mover_agreement_untrained", dict(ls="--", lw=1, alpha=0.7)),
+                  (axes[1], "pair/alignment_error_mirror", dict()),
+                  (axes[1], "pair/alignment_error_identity", dict(ls=":")),
+                  (axes[2], "pair/mover_fraction", dict(label=lab))]
+        for ax, key, kw in panels + ([(axes[3], "pair/range_drift", dict(label=lab))] if drift else []):
             xy = curve(r, key)
             if xy is not None:
                 y = np.where(xy[1] > 0, xy[1], np.nan) if ax is axes[1] else xy[1]  # log axis: 0 at step 0
@@ -74,6 +76,12 @@ def fig_drift(runs: list[Run]):
     axes[1].set(xlabel="training step", ylabel="alignment error (÷ distance travelled)", yscale="log",
                 title="alignment error through M and through the identity")
     axes[2].set(xlabel="training step", ylabel="fraction of quantized weights", title="movers (changed level)")
+    moving = [short_label(r) for r in runs if grid_moves(r)]
+    if moving:  # their alignment curves are null, not 0: say so rather than leave them out silently
+        axes[1].text(0.02, 0.02, f"{NOT_DEFINED}:\n" + "\n".join(moving), transform=axes[1].transAxes, fontsize=7,
+                     va="bottom", color="0.3")
+    if drift:
+        axes[3].set(xlabel="training step", ylabel="mean |log(m_est / m_twin)|", title="range drift (grids that move)")
     for a in axes:
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.set_xlim(left=0)
@@ -109,7 +117,8 @@ def drift_table(runs: list[Run]) -> list[dict]:
             read = {k.split("/")[-1]: at_fraction(r, k, f) for k in KEYS}
             step = next((s for s, _ in read.values() if s is not None), None)
             at.append({"step": step, **{k: v for k, (_, v) in read.items()}})
-        rows.append({"label": short_label(r), "run": str(r.path), "map": headline_map(r), "at": at})
+        rows.append({"label": short_label(r), "run": str(r.path), "map": headline_map(r), "moves": grid_moves(r),
+                     "at": at})
     return rows
 
 
@@ -126,5 +135,6 @@ def drift_markdown(rows: list[dict]) -> list[str]:
     for row in rows:
         cells = [f"{pct(a['mover_agreement'])} ({pct(a['mover_agreement_untrained'])}) / {num(a['alignment_error'])}"
                  for a in row["at"]]
-        out.append(f"| {row['label']} ({map_words(row['map'])}) | " + " | ".join(cells) + " |")
+        where = NOT_DEFINED.replace("not defined", "alignment not defined") if row["moves"] else map_words(row["map"])
+        out.append(f"| {row['label']} ({where}) | " + " | ".join(cells) + " |")
     return out + [""]

@@ -1,7 +1,10 @@
 """Per-pair figures: training curves, weight alignment and movement scatters, agreement over steps.
 
 The scatters read everything about the grid from the run's ``weights_sample.pt``: the rounding
-thresholds (in units of m) and each sampled weight's final level index in both runs.
+thresholds (in units of m) and each sampled weight's final level index in both runs. Each run is shown in
+units of its own range (``m``; ``m_twin`` for the twin where the sample holds it): with a learned or
+recomputed range the two grids differ, a level is an index on each run's own grid, and the alignment
+through M is not defined (the panels say so); the range drift is drawn where it was measured.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from matplotlib.ticker import MaxNLocator
 from qatrun.rundir import WEIGHTS_SAMPLE
 from qatrun.twin import ROLES
 
-from .names import estimator_words, optimizer_words, predicted, short_estimator, twin_role, twin_rule
+from .names import (OUTSIDE, estimator_words, grid_moves, in_theorem, optimizer_words, predicted,
+                    quantizer_setting, short_estimator, twin_role, twin_rule)
 from .runs import Run
 from .style import DIFF_C, EST_C, TWIN_C, save, scatter_panel, series, shared_limits
 
@@ -23,12 +27,15 @@ SAMPLE_KEYS = ("est0", "twin0", "est", "twin", "est_mapped", "m")  # in every we
 LEVEL_KEYS = ("thresholds", "level_est", "level_twin")  # saved by newer trainers
 MAX_THRESHOLDS = 31  # more (over 5 bits) would grey out the scatter: not drawn
 UNITS = "w/m: a weight in units of its layer's grid range m (the quantization levels lie in [−m, m])"
+OWN_UNITS = "w/m: each run's weights in units of its own current range m (its levels lie in [−m, m])"
+NOT_DEFINED = "not defined (the grid moves)"  # the alignment through M: each run's grid moved on its own
 
 
 def who(run: Run) -> tuple[str, str]:
     """Plain names of the two runs, e.g. ('tanh estimator (2 bits, α = 0.61)', 'STE twin from M(w0), lr × 0.61')."""
     s, f = run.summary, run.flat
     parts = [f"{f['estimator.bits']} bits"] if f.get("estimator.bits") is not None else []
+    parts += [q] if (q := quantizer_setting(f)) else []
     if isinstance(s.get("alpha"), (int, float)):
         parts.append(f"α = {s['alpha']:.3g}")
     name = short_estimator(estimator_words(run) or f.get("estimator.name"))  # with its options: tanh(k=5.5)
@@ -56,7 +63,10 @@ def subtitle(run: Run) -> str:
         bits.append(f"{ROLES[role].word if role in ROLES else role} twin" + ("" if predicted(run) else ", not the predicted one"))
     bits += [f"{run.summary['steps']} steps"] if run.summary.get("steps") else []
     bits += [f"seed {f['seed']}"] if f.get("seed") is not None else []
-    return ", ".join(bits)
+    inputs = run.summary.get("quantized_inputs")
+    more = [f"quantized inputs: {', '.join(inputs)}"] if inputs else []
+    more += [] if role in (None, "jitter", "none") or in_theorem(run) else [OUTSIDE]
+    return ", ".join(bits) + ("\n" + "; ".join(more) if more else "")  # a line of its own: titles stay narrow
 
 
 def title(run: Run, what: str, extra: str = "") -> str:
@@ -109,30 +119,51 @@ def agreement(w: dict):
     return w["level_est"] == w["level_twin"] if "level_est" in w and "level_twin" in w else None
 
 
+def ranges(w: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(the estimator run's range, the twin's) per sampled weight: each run's own (``m_twin`` where the sample
+    holds it: a grid that moves, or per-channel ranges, differs between the runs), else the one ``m``."""
+    return w["m"], w.get("m_twin", w["m"])
+
+
+def units(w: dict) -> str:
+    m, mt = ranges(w)
+    return UNITS if np.array_equal(m, mt) else OWN_UNITS
+
+
 def fig_alignment(run: Run, w: dict, label: str = ""):
-    m, th, agree = w["m"], thresholds(w), agreement(w)
-    est, mapped, twin = w["est"] / m, w["est_mapped"] / m, w["twin"] / m
+    (m, mt), th, agree = ranges(w), thresholds(w), agreement(w)
+    est, mapped, twin = w["est"] / m, w["est_mapped"] / mt, w["twin"] / mt
+    moves = grid_moves(run)
     identity = np.allclose(mapped, est)
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 5.0), layout="constrained", sharex=True, sharey=True)
-    lims = shared_limits([(est, twin), (mapped, twin)], square=True)  # both panels: twin weight against w/m
+    lims = shared_limits([(est, twin)] + ([] if moves else [(mapped, twin)]), square=True)  # one scale: w/m
     scatter_panel(axes[0], est, twin, th, agree, lims=lims)
-    axes[0].set(title="raw", xlabel="final estimator-run weight $w_{est}/m$", ylabel="final twin weight $w_{twin}/m$")
-    scatter_panel(axes[1], mapped, twin, th, agree, lims=lims)
-    axes[1].set(title="estimator run through the mirror map M" + (" (M = identity: twin not warped)" if identity else ""),
-                xlabel="$M(w_{est})/m$", ylabel="final twin weight $w_{twin}/m$")
+    axes[0].set(title="raw" + (" (levels on each run's own grid)" if moves else ""),
+                xlabel="final estimator-run weight $w_{est}/m$", ylabel="final twin weight $w_{twin}/m$")
+    if moves:  # M maps one fixed grid onto another; with moving grids there is nothing to map through
+        axes[1].text(0.5, 0.5, f"alignment through M:\n{NOT_DEFINED}", transform=axes[1].transAxes, ha="center",
+                     va="center", color="0.3")
+        axes[1].set(title="estimator run through the mirror map M", xlabel="$M(w_{est})/m$")
+        axes[1].grid(False)
+    else:
+        scatter_panel(axes[1], mapped, twin, th, agree, lims=lims)
+        axes[1].set(title="estimator run through the mirror map M"
+                    + (" (M = identity: twin not warped)" if identity else ""),
+                    xlabel="$M(w_{est})/m$", ylabel="final twin weight $w_{twin}/m$")
     for h in axes[0].legend(frameon=False, loc="upper left").legend_handles:  # markers the points' size,
         h.set_alpha(1)  # opaque so that they show
     fig.suptitle(title(run, "Weight alignment", f"; {len(est)} sampled quantized weights"))
-    fig.supxlabel(UNITS + ("; grey lines: rounding thresholds" if th else ""), fontsize=8, color="0.3")
+    fig.supxlabel(units(w) + ("; grey lines: rounding thresholds" if th else ""), fontsize=8, color="0.3")
     return fig
 
 
 def fig_movement(run: Run, w: dict, label: str = ""):
-    """How far each weight moved, ``w_final - w0``, against where it started, ``w0``."""
-    m, th = w["m"], thresholds(w)
+    """How far each weight moved, ``w_final - w0``, against where it started, ``w0``, each run in units of its
+    own range."""
+    th = thresholds(w)
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.8), layout="constrained", sharex=True, sharey=True)
     est_name, twin_name = who(run)
-    moves = {k: (w[f"{k}0"] / m, w[k] / m - w[f"{k}0"] / m) for k in ("est", "twin")}
+    moves = {k: (w[f"{k}0"] / m, w[k] / m - w[f"{k}0"] / m) for k, m in zip(("est", "twin"), ranges(w))}
     lims = shared_limits(moves.values(), square=False)  # one scale: how far each run moved, side by side
     for ax, (name, k) in zip(axes, [(est_name.split(" (")[0] + " run", "est"), (twin_name.split(",")[0], "twin")]):
         scatter_panel(ax, *moves[k], th, diagonal=False, lims=lims)
@@ -140,31 +171,34 @@ def fig_movement(run: Run, w: dict, label: str = ""):
                ylabel=f"movement $(w_{{{k}}} - w_{{{k},0}})/m$")
     axes[0].legend(frameon=False, loc="upper left")
     fig.suptitle(title(run, "Weight movement"))
-    fig.supxlabel(UNITS + ("; grey lines: rounding thresholds (crossing one changes the level)" if th else ""),
+    fig.supxlabel(units(w) + ("; grey lines: rounding thresholds (crossing one changes the level)" if th else ""),
                   fontsize=8, color="0.3")
     return fig
 
 
+AT0 = {"pair/mover_agreement": np.nan, "pair/mover_agreement_untrained": np.nan,  # step 0 by construction: no
+       "pair/quantized_agreement_untrained": 1.0, "pair/alignment_error_mirror": 0.0,  # mover yet, agreement 1,
+       "pair/alignment_error_identity": 0.0, "pair/range_drift": np.nan}  # error 0 (a moving grid: as measured)
+
+
 def fig_agreement(run: Run, label: str = ""):
     """Over training: mover agreement and overall agreement, each beside what an untrained twin would
-    score in the same run, and the alignment error (through M and through the identity where logged)."""
+    score in the same run, the alignment error (through M and through the identity where logged; not defined
+    where a grid moves) and, where the grids move, how far the two runs' ranges drifted apart."""
     h = run.history
     x = series(h, "log_step")
     qa, ae = series(h, "pair/quantized_agreement"), series(h, "pair/alignment_error")
     if not len(x) or len(qa) != len(x) or len(ae) != len(x):
         return None
     full = lambda k: series(h, k) if len(series(h, k)) == len(x) else None  # older runs lack the newer curves
-    curves = {k: full(k) for k in ("pair/mover_agreement", "pair/mover_agreement_untrained",
-                                    "pair/quantized_agreement_untrained", "pair/alignment_error_mirror",
-                                    "pair/alignment_error_identity")}
-    if x[0] != 0:  # step 0 by construction (the trainer checks it): agreement 1, error 0, no mover yet
-        at0 = {"pair/mover_agreement": np.nan, "pair/mover_agreement_untrained": np.nan,
-               "pair/quantized_agreement_untrained": 1.0, "pair/alignment_error_mirror": 0.0,
-               "pair/alignment_error_identity": 0.0}
-        curves = {k: (None if v is None else np.r_[at0[k], v]) for k, v in curves.items()}
-        x, qa, ae = np.r_[0, x], np.r_[1.0, qa], np.r_[0.0, ae]
-    movers = curves["pair/mover_agreement"] is not None
-    fig, axes = plt.subplots(1, 3 if movers else 2, figsize=(13.5 if movers else 9.5, 3.8), layout="constrained")
+    curves = {k: full(k) for k in AT0}
+    moves = grid_moves(run)
+    if x[0] != 0:  # the trainer checks step 0 on a fixed grid: prepend it (a moving grid's step 0 is not known)
+        curves = {k: (None if v is None else np.r_[np.nan if moves else AT0[k], v]) for k, v in curves.items()}
+        x, qa, ae = np.r_[0, x], np.r_[np.nan if moves else 1.0, qa], np.r_[np.nan if moves else 0.0, ae]
+    movers, drift = curves["pair/mover_agreement"] is not None, curves["pair/range_drift"] is not None
+    n = 2 + movers + drift
+    fig, axes = plt.subplots(1, n, figsize=((9.5, 13.5, 18.0)[n - 2], 3.8), layout="constrained")
     mk = "o" if len(x) <= 30 else None
     base = dict(color="0.45", ls="--", marker=mk, ms=2, label="untrained twin (the same run)")
     if movers:  # NaN until the first weight changes level: those steps are simply not drawn
@@ -180,7 +214,29 @@ def fig_agreement(run: Run, label: str = ""):
         ax.plot(x, curves["pair/quantized_agreement_untrained"], **base)
         ax.legend(frameon=False, loc="best")
     ax.set(xlabel="training step", ylabel="quantized weight agreement (fraction)", title="all quantized weights")
-    ax = axes[-1]
+    alignment_panel(axes[1 + movers], x, ae, curves, mk, moves)
+    if drift:
+        axes[-1].plot(x, curves["pair/range_drift"], color=DIFF_C, marker=mk, ms=3)
+        axes[-1].set(xlabel="training step", ylabel="mean |log(m_est / m_twin)|",
+                     title="range drift (the two runs' ranges)")
+        axes[-1].set_ylim(bottom=0)
+    for a in axes:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.set_xlim(left=0)
+    fig.suptitle(title(run, "Pair agreement over training"))
+    return fig
+
+
+def alignment_panel(ax, x, ae, curves: dict, mk, moves: bool) -> None:
+    """The alignment error over training: through M and through the identity where logged, the headline
+    otherwise; where a grid moves, not defined, and the panel says so."""
+    ax.set(xlabel="training step", ylabel="alignment error (÷ distance travelled)", title="alignment")
+    if moves:
+        ax.text(0.5, 0.5, f"alignment error:\n{NOT_DEFINED}", transform=ax.transAxes, ha="center", va="center",
+                color="0.3")
+        ax.set_yticks([])
+        ax.set_xlim(0, max(float(np.nanmax(x)), 1.0))  # the same steps as the panels beside it
+        return
     mirror, ident = curves["pair/alignment_error_mirror"], curves["pair/alignment_error_identity"]
     if mirror is not None or ident is not None:
         if mirror is not None:
@@ -191,12 +247,6 @@ def fig_agreement(run: Run, label: str = ""):
         ax.legend(frameon=False)
     else:
         ax.plot(x, ae, color=TWIN_C, marker=mk, ms=3)
-    ax.set(xlabel="training step", ylabel="alignment error (÷ distance travelled)", title="alignment")
-    for a in axes:
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
-        a.set_xlim(left=0)
-    fig.suptitle(title(run, "Pair agreement over training"))
-    return fig
 
 
 def load_weights(path: Path):
@@ -210,6 +260,8 @@ def load_weights(path: Path):
         return None
     if any(k in w and len(w[k]) != len(w["est"]) for k in ("level_est", "level_twin")):
         w.pop("level_est", None), w.pop("level_twin", None)
+    if "m_twin" in w and len(w["m_twin"]) != len(w["est"]):  # the twin's own range: only whole
+        w.pop("m_twin")
     return w
 
 

@@ -15,12 +15,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .labels import label_keys, make_labels
-from .names import map_words, optimizer_words
+from .names import map_words, optimizer_words, quantizer_setting
 from .runs import Run, stats, uninformative
 from .style import OKABE_ITO
 
 
 def describe(run: Run) -> str:
+    setting = quantizer_setting(run.flat)  # the paper's grid and float inputs: named by nothing
+    return _describe(run) + (f", {setting}" if setting else "")
+
+
+def _describe(run: Run) -> str:
     opt = optimizer_words(run.flat.get("optimizer.name"))
     twin, init = run.summary.get("twin", run.flat.get("pair.twin")), run.summary.get("twin_init")
     lr_warp = abs(run.value("twin_lr_factor") - 1) > 1e-12
@@ -50,7 +55,8 @@ def lr_law(runs: list[Run], family_by, notes: list) -> dict:
             key = tuple(r.flat.get(k) for k in family_by) if family_by else r.key(drop | {"optimizer.lr"})
             fams.setdefault(key, []).append(r)
     flats = [rs[0].flat for rs in fams.values()]
-    keys = [k for k in (family_by or label_keys(flats, drop)) if k not in ("optimizer.name", "pair.twin", "optimizer.lr")]
+    keys = family_by or [k for k in label_keys(flats, drop) if not k.startswith(("quantizer.", "activation"))]
+    keys = [k for k in keys if k not in ("optimizer.name", "pair.twin", "optimizer.lr")]  # describe() names these
     result, kept = {}, [rs for rs in fams.values() if len({r.value("optimizer.lr") for r in rs}) >= 3]
     plain = [describe(rs[0]) for rs in kept]
     for (key, rs), extra in zip(fams.items(), make_labels(flats, keys) if keys else [""] * len(fams)):

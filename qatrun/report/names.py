@@ -12,8 +12,10 @@ from qatrun.twin import predicted as predicted_for
 
 from .runs import Run
 
-# Config keys that pair_words already names (both estimators, the twin mode): not repeated after it in a label.
-NAMED_BY_PAIR = ("estimator.", "twin_estimator.", "pair.twin", "pair.twin_lr_scale", "optimizer.name")
+# Config keys that pair_words already names (both estimators, the twin mode, the quantizers): not repeated after it
+# in a label.
+NAMED_BY_PAIR = ("estimator.", "twin_estimator.", "pair.twin", "pair.twin_lr_scale", "optimizer.name", "quantizer.",
+                 "activation")
 
 
 OPTIMIZER_WORDS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
@@ -105,14 +107,17 @@ def pair_words(run: Run) -> str | None:
         twin = short_estimator(s.get("twin_estimator") or "ste") if role.startswith("ab_") else "STE"
     bits = f.get("estimator.bits")
     nbits = f", {bits} bit{'s' if bits != 1 else ''}" if bits is not None else ""
+    setting = quantizer_setting(f)
+    nbits += f", {setting}" if setting else ""  # the paper's grid and float inputs: named by nothing, as before
     what = "" if role in ("jitter", "none") else f", {ROLES[role].word if role in ROLES else role} twin"
+    what += "" if role in ("jitter", "none") or in_theorem(run) else f" ({OUTSIDE})"
     rule = twin_rule(run)
     return f"{short_estimator(est)} vs {twin}{nbits}{what}; {f.get('optimizer.name')}" + (f" ({rule} rule)" if rule else "")
 
 
 # Config keys a setting never names: how long and how finely a run is measured (the steps are named apart).
 NOT_A_SETTING = ("optimizer.lr", "trainer.", "dataset.test_subset", "dataset.eval_batch_size", "experiment_name",
-                 "estimator.")  # the estimator and its bits are named apart too
+                 "estimator.", "quantizer.", "activation")  # the estimator, its bits and quantizers are named apart
 
 
 def settings(items: list[tuple[str, dict]]) -> list[str]:
@@ -141,3 +146,99 @@ def _short(key: str) -> str:
     """``optimizer.nesterov`` -> ``nesterov``; a group's choice (``model.name``) -> ``model``."""
     parts = key.split(".")
     return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
+
+
+# -- the quantizers (qatrun.quantizers): how a layer's range is set, and the quantized inputs ---------------------
+
+OUTSIDE = "outside the theorem: measured"  # beside the figures of a pair whose grid moves (lsq, dynamic)
+WEIGHT_ORDER = ("tensor", "channel", "lsq", "dynamic")  # the atlas's row order: fixed grids first
+# An option's value in words (the rest print as key=value); an option at its builder's default is not named.
+OPTION_WORDS = {("scope", "channel"): "per channel", ("scope", "tensor"): "per tensor", ("stat", "absmean"): "absmean",
+                ("stat", "max_abs"): "max-abs", ("init", "fixed"): "from the fixed grid", ("grad_scale", False):
+                "no gradient scale", ("estimator", "ste"): "STE"}
+ALWAYS_NAMED = {"dynamic": ("stat",)}  # named even at the default: what the statistic is defines the setting
+
+
+def _options(registry, name: str, node: dict, skip=()) -> list[str]:
+    """The options of a quantizer that differ from its builder's default (``runname.estimator_label``'s rule)."""
+    import inspect
+
+    words = []
+    for key, (_, default) in (registry.options(name) if name in registry else {}).items():
+        value = node.get(key)
+        if key in skip or value is None or (key not in ALWAYS_NAMED.get(name, ()) and value == default
+                                            and default is not inspect.Parameter.empty):
+            continue
+        word = OPTION_WORDS.get((key, value))
+        words.append(word or (f"p{value:g}" if key == "percentile" else f"{key} {fmt(value)}"))
+    return words
+
+
+def _group(flat: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+
+
+def weight_quantizer_words(flat: dict) -> str | None:
+    """The weight quantizer in words (``lsq (per channel)``, ``dynamic absmean``); None for the paper's grid
+    (``tensor`` at the grid's own range) and for a config without the group."""
+    from qatrun.quantizers import QUANTIZERS
+
+    node = _group(flat, "quantizer.")
+    name = node.get("name")
+    if name is None or (name == "tensor" and node.get("scale") is None):
+        return None
+    words = _options(QUANTIZERS, str(name), node)
+    if name == "dynamic" and words:  # "dynamic absmean (per channel)"
+        return f"dynamic {words[0]}" + (f" ({', '.join(words[1:])})" if words[1:] else "")
+    if name == "tensor":
+        return f"tensor (m = {fmt(node['scale'])})"
+    return str(name) + (f" ({', '.join(words)})" if words else "")
+
+
+def activation_words(flat: dict) -> str | None:
+    """The quantized inputs in words (``A4 pact``, ``A2 fixed (p99.9)``); None for float inputs."""
+    from qatrun.quantizers import ACTIVATIONS
+
+    node = _group(flat, "activation.")
+    if node.get("name") is None:
+        return None
+    words = _options(ACTIVATIONS, str(node["name"]), node, skip=("bits",))
+    return f"A{node.get('bits')} {node['name']}" + (f" ({', '.join(words)})" if words else "")
+
+
+def quantizer_setting(flat: dict) -> str:
+    """What a run quantizes beyond the paper's grid, e.g. ``lsq (per channel)``, ``W2 + A2 pact``,
+    ``lsq, W2 + A2 fixed``; "" for the paper's setting (one fixed range per tensor, float inputs)."""
+    weights, acts = weight_quantizer_words(flat), activation_words(flat)
+    if acts is None:
+        return weights or ""
+    return (f"{weights}, " if weights else "") + f"W{flat.get('estimator.bits')} + {acts}"
+
+
+def setting_order(flat: dict) -> tuple:
+    """Where a quantizer setting sorts: float inputs first, then by weight quantizer (fixed grids first), scope
+    and statistic, then by activation bits (wider first) and name."""
+    name = str(flat.get("quantizer.name") or "tensor")
+    rank = WEIGHT_ORDER.index(name) if name in WEIGHT_ORDER else len(WEIGHT_ORDER)
+    bits = flat.get("activation.bits")
+    per_channel = flat.get("quantizer.scope") not in (None, "tensor")
+    return (bits is not None, rank, name, per_channel, str(flat.get("quantizer.stat") or ""), -(bits or 0),
+            str(flat.get("activation.name") or ""), quantizer_setting(flat))
+
+
+def in_theorem(run: Run) -> bool:
+    """Whether the paper's fixed-grid theorem covers the pair: the summary's ``in_theorem``; for a summary
+    without it, the weight quantizer's registered fact (a run before quantizers: the fixed grid, inside)."""
+    v = run.summary.get("in_theorem")
+    if isinstance(v, bool):
+        return v
+    from qatrun.quantizers import QUANTIZERS
+
+    name = run.flat.get("quantizer.name")
+    return bool(QUANTIZERS.meta(name)["in_theorem"]) if name in QUANTIZERS else True
+
+
+def grid_moves(run: Run) -> bool:
+    """Whether either run's grid can move (a learned or recomputed range): the range drift was measured, or
+    the pair is outside the theorem (a moving grid is what puts it there)."""
+    return "pair/range_drift" in run.summary or bool(run.history.get("pair/range_drift")) or not in_theorem(run)

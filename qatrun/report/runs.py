@@ -202,12 +202,21 @@ def find_runs(paths, notes: list) -> list[Run]:
 
 def uninformative(runs: list[Run]) -> set:
     """Keys some runs lack (an older config schema, another optimizer's settings) that take a single value
-    where present: they tell no runs apart, so they must not split seeds into separate groups."""
+    where present: they tell no runs apart, so they must not split seeds into separate groups. A key under a
+    group another run sets to null (``activation``) does tell them apart."""
     vals: dict = {}
     for r in runs:
         for k, v in r.flat.items():
             vals.setdefault(k, set()).add(repr(v))
-    return {k for k, v in vals.items() if len(v) == 1 and any(k not in r.flat for r in runs)}
+    return {k for k, v in vals.items() if len(v) == 1 and any(k not in r.flat for r in runs)
+            and not any(nulled(r, k) for r in runs)}
+
+
+def nulled(run: Run, key: str) -> bool:
+    """Whether the run sets a group above ``key`` to null (``activation: null`` beside ``activation.bits``): then
+    lacking the key is a value of its own (float inputs), not an older schema."""
+    parts = key.split(".")
+    return any(run.flat.get(p, "") is None for p in (".".join(parts[:i]) for i in range(1, len(parts))))
 
 
 def stats(values) -> dict:

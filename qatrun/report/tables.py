@@ -46,7 +46,7 @@ def cell(st: dict, kind: str) -> str:
 
 def tex_escape(s: str) -> str:
     for a, b in (("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$"), ("—", "---")):
+                 ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$"), ("—", "---"), ("|", r"\textbar{}")):
         s = s.replace(a, b)
     return s
 
@@ -65,12 +65,16 @@ def write_tex(comparisons: list[dict], out: Path, cols) -> Path:
     return out / "table.tex"
 
 
+def md_escape(s: str) -> str:
+    return s.replace("|", "\\|")  # a bar in a header (|log m ratio|) must not split the markdown cell
+
+
 def write_tables(comparisons: list[dict], out: Path, cols) -> None:
-    heads = ["Comparison"] + [h for _, h, _ in cols] + ["n seeds"]
+    heads = ["Comparison"] + [md_escape(h) for _, h, _ in cols] + ["n seeds"]
     lines = ["Mean ± sample standard deviation over seeds (NaN values left out; — : not available).", "",
              "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for c in comparisons:
-        cells = [c["label"]] + [cell(c["metrics"][k], kind) for k, _, kind in cols] + [str(c["n_seeds"])]
+        cells = [md_escape(c["label"])] + [cell(c["metrics"][k], kind) for k, _, kind in cols] + [str(c["n_seeds"])]
         lines.append("| " + " | ".join(cells) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     with open(out / "table.csv", "w", newline="") as f:

@@ -28,6 +28,7 @@ KINDS = {
     "integer": (_integer, "an integer or null"),
     "text": (lambda v: isinstance(v, str), "a string or null"),
     "flag": (lambda v: isinstance(v, bool), "true, false or null"),
+    "names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings or null"),
 }
 
 # Summary keys the report reads beside the figures (names, labels, the divergence note, figure titles).
@@ -37,6 +38,7 @@ SUMMARY = {
     "twin_rule": "text", "twin_description": "text", "twin_init": "text", "alignment_map": "text",
     "diverged_why": "text", "fingerprint": "text",
     "diverged": "flag", "twin_predicted": "flag",
+    "in_theorem": "flag", "pair/range_drift": "number", "quantized_inputs": "names",  # the quantizers
 }
 
 # Flattened config keys the report reads (labels, the lr law, verdicts, figure subtitles).
@@ -45,6 +47,8 @@ CONFIG = {
     "seed": "integer", "estimator.bits": "bits",
     "optimizer.name": "text", "estimator.name": "text", "twin_estimator.name": "text", "pair.twin": "text",
     "experiment_name": "text",
+    "quantizer.name": "text", "quantizer.scope": "text", "quantizer.stat": "text", "activation.name": "text",
+    "activation.bits": "bits",
 }
 
 

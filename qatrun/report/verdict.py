@@ -16,7 +16,8 @@ pair closes: at least 75% supports the claim at that learning rate, 25-75% partl
 Without a jitter floor in the report, or with one no higher than the untrained twin (a near copy of the
 run agreeing no better than a twin that never trained: noise swamps every comparison), there is no
 verdict, only the numbers. ``findings.md`` collects the paragraphs so that prose quoting the results is
-generated from them.
+generated from them. A pair whose grid moves (a learned or recomputed range, ``in_theorem: false``) gets the
+same rule applied to its natural twin, and its paragraph says "outside the theorem: measured".
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 from qatrun.metrics.names import HEADLINE
 from qatrun.twin import ROLES
 
-from .names import map_words, predicted, settings, twin_role
+from .names import OUTSIDE, in_theorem, map_words, predicted, quantizer_setting, settings, twin_role
 from .runs import Run, ignored, stats, uninformative
 
 SUPPORTS, PARTLY = 0.75, 0.25
@@ -82,6 +83,21 @@ def _m(rs: list[Run], key: str = METRIC) -> dict:
     return stats([r.value(key) for r in rs])
 
 
+def _controls(figs: dict, est, twin: str) -> list[str]:
+    """The figures a predicted pair is read against, in words: the controls that ran, the floors."""
+    parts = []
+    if "paper_control" in figs:
+        parts.append(f"the paper's control (lr x alpha from w0) on {_pct(figs['paper_control'])}")
+    if "no_warp" in figs:
+        parts.append(f"a{' plain STE' if twin == 'STE' else ' ' + twin} twin without the adjustment on "
+                     f"{_pct(figs['no_warp'])}")
+    if "other_rule" in figs:
+        parts.append(f"the warped twin (what a linear update would need) on {_pct(figs['other_rule'])}")
+    if "jitter" in figs:
+        parts.append(f"the jitter floor ({est} against itself at lr x 1.01) on {_pct(figs['jitter'])}")
+    return parts + [f"and a twin that never trained would score {_pct(figs['untrained'])}"]
+
+
 def verdict(roles: dict[str, list[Run]], twin: str = "STE") -> dict | None:
     """One paragraph and its figures for a predicted pair with ``twin`` as the twin's estimator, or None."""
     pred_role = "warped" if "warped" in roles else "adam_twin" if "adam_twin" in roles else None
@@ -102,21 +118,12 @@ def verdict(roles: dict[str, list[Run]], twin: str = "STE") -> dict | None:
                  "adam_twin": f"the {twin} twin (same init, same lr)"}
     against = "" if twin == "STE" else f" against {twin}"
     nbits = f" ({bits} bit{'s' if bits != 1 else ''})" if bits is not None else ""
+    quantizer, inside = quantizer_setting(r0.flat), all(in_theorem(r) for r in pred)
+    nbits += f" with {quantizer}" if quantizer else ""
     text = (f"**{est}{nbits}{against}, {opt}, lr {lr:g}, {steps} steps ({seeds} seed{'s' if seeds > 1 else ''}).** "
             f"Over the {_pct(movers)} of quantized weights that changed level, {words[pred_role]} ends at the "
             f"same level on {_pct(figs[pred_role])} of them")
-    parts = []
-    if "paper_control" in figs:
-        parts.append(f"the paper's control (lr x alpha from w0) on {_pct(figs['paper_control'])}")
-    if "no_warp" in figs:
-        parts.append(f"a{' plain STE' if twin == 'STE' else ' ' + twin} twin without the adjustment on "
-                     f"{_pct(figs['no_warp'])}")
-    if "other_rule" in figs:
-        parts.append(f"the warped twin (what a linear update would need) on {_pct(figs['other_rule'])}")
-    if "jitter" in figs:
-        parts.append(f"the jitter floor ({est} against itself at lr x 1.01) on {_pct(figs['jitter'])}")
-    parts.append(f"and a twin that never trained would score {_pct(figs['untrained'])}")
-    text += "; " + ", ".join(parts) + "."
+    text += "; " + ", ".join(_controls(figs, est, twin)) + "."
     # the reference: the other rule's twin where it ran (SGD: the plain STE; an adaptive optimizer: the warped
     # STE), else the paper's control (SGD) or the untrained twin (adaptive)
     ref_role = next((r for r in (("no_warp", "paper_control") if pred_role == "warped" else ("other_rule",))
@@ -139,8 +146,10 @@ def verdict(roles: dict[str, list[Run]], twin: str = "STE") -> dict | None:
                      f"this run {call} \"an STE in disguise\" at lr {lr:g}.")
     if closed is None:
         text += f" {call[0].upper() + call[1:]}."
+    if not inside:  # the theorem covers a fixed grid: a moving one has no predicted twin, only the natural one
+        text += f" {OUTSIDE[0].upper() + OUTSIDE[1:]} (the grid moves; the twin is the natural one, from the initial grid)."
     return {"estimator": est, "twin": twin, "optimizer": opt, "bits": bits, "lr": lr, "steps": steps, "seeds": seeds,
-            "gap_closed": closed,
+            "gap_closed": closed, "quantizer": quantizer, "in_theorem": inside,
             "verdict": call, "figures": figs, "mover_fraction": movers, "text": text}
 
 
@@ -158,7 +167,7 @@ def verdicts(runs: list[Run]) -> list[dict]:
         if setting:
             v["text"] = v["text"].replace(f", {v['optimizer']}, lr ", f", {v['optimizer']} ({setting}), lr ", 1)
     order = lambda v: (str(v["estimator"]), v["twin"] != "STE", str(v["twin"]), str(v["optimizer"]),
-                       v["bits"] or 0, v["setting"], v["steps"] or 0, v["lr"] or 0)
+                       v["bits"] or 0, v["quantizer"], v["setting"], v["steps"] or 0, v["lr"] or 0)
     return sorted(out, key=order)
 
 
