@@ -160,7 +160,7 @@ def resolve_twin(mode: str, estimator: Estimator, optimizer_warps: bool | str, l
     mode_used = ("full" if rule == "warp" else "nowarp") if mode == "auto" else mode
     which, init, use_alpha = TWIN_MODES[mode_used]
     ab = which == "twin" and twin_estimator is not None
-    role = _role(which, init, use_alpha, ab and twin_estimator.name != "ste", float(lr_scale))  # an explicit STE: today's
+    role = _role(which, init, use_alpha, ab and twin_estimator.name != "ste", float(lr_scale))  # an explicit STE twin is the plain STE twin
     if which == "same":
         return TwinSpec(mode, estimator, init, 1.0, float(lr_scale), role=role, rule=rule, extension=extension)
     twin = twin_estimator if ab else estimators.create("ste", bits=estimator.bits, grid=estimator.grid)

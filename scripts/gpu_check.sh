@@ -7,7 +7,8 @@
 #
 # Rows, in this order (the cheap ones first): tests (every test with cuda in its name), mnist (the
 # MNIST pair on the GPU, 100 steps, its quantized agreement within 0.002 of the same config on this
-# machine's CPU, run beside it), determinism (deterministic=true twice: byte-identical summary.json),
+# machine's CPU, run beside it), mnist-quant (the same with quantizer=lsq and 4-bit fixed activation
+# quantization), determinism (deterministic=true twice: byte-identical summary.json),
 # torchrun (torchrun --nproc_per_node=1: one paired step in an NCCL group of one), small128 (the
 # bench's small-CNN cases: batch 128, pair against ONE eager plain float step, target 0.8x, which
 # needs CUDA graphs; and batch 600), r50-eager and r50-compiled (the bench's ResNet-50 bf16
@@ -98,7 +99,7 @@ done
 line "mnist files" "$raw"
 
 commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || cat "$GPU_DIR/commit" 2>/dev/null || echo unknown)
-ROWS=${ROWS:-tests mnist determinism torchrun small128 r50-eager r50-compiled loader}
+ROWS=${ROWS:-tests mnist mnist-quant determinism torchrun small128 r50-eager r50-compiled loader}
 BUDGET=${BUDGET:-480}
 table="$out/table.md"
 rm -f "$table"
@@ -146,12 +147,18 @@ timed() {  # timed LIMIT LOG CMD...: CMD under a time limit cut to what the budg
 }
 row() { $PY "$repo/scripts/gpu_rows.py" "$table" "$@"; }  # row KIND NAME RC SECONDS LOG [ARGS...]
 
-# The CPU reference of the MNIST row trains beside the GPU rows, on half the cores, in half the budget at most.
-if want mnist; then
-  ( OMP_NUM_THREADS=$(( $(nproc) > 1 ? $(nproc) / 2 : 1 )) timeout -k 15 $(( BUDGET / 2 )) $PY -m qatrun device=cpu "${MNIST[@]}" \
-      hydra.run.dir="$out/mnist_cpu" > "$out/mnist_cpu.log" 2>&1; echo $? > "$out/mnist_cpu.rc" ) &
-  cpu_ref=$!
-fi
+# The CPU references of the MNIST rows train beside the GPU rows, on a quarter of the cores each, in half the
+# budget at most: the plain pair (mnist) and the pair with learned ranges and quantized inputs (mnist-quant).
+QUANT=(quantizer=lsq activation=fixed activation.bits=4)
+cpu_ref() {  # cpu_ref NAME OVERRIDES...: the CPU run of a row, in the background; its pid in cpu_pid[NAME]
+  local name=$1; shift
+  ( OMP_NUM_THREADS=$(( $(nproc) > 3 ? $(nproc) / 4 : 1 )) timeout -k 15 $(( BUDGET / 2 )) $PY -m qatrun device=cpu \
+      "${MNIST[@]}" "$@" hydra.run.dir="$out/${name}_cpu" > "$out/${name}_cpu.log" 2>&1; echo $? > "$out/${name}_cpu.rc" ) &
+  cpu_pid[$name]=$!
+}
+declare -A cpu_pid
+want mnist && cpu_ref mnist
+want mnist-quant && cpu_ref mnist_quant "${QUANT[@]}"
 
 if want tests; then
   # The checkout after the install on the path: its tests/ is the package "tests" (not one an image may ship).
@@ -159,14 +166,17 @@ if want tests; then
   row tests "cuda tests" $rc $secs "$out/cuda_tests.log"
 fi
 
-if want mnist; then
-  timed 120 "$out/mnist.log" $PY -m qatrun device=$DEV "${MNIST[@]}" hydra.run.dir="$out/mnist"
-  t0=$(date +%s); gpu_rc=$rc gpu_secs=$secs
-  wait $cpu_ref; cpu_rc=$(cat "$out/mnist_cpu.rc" 2>/dev/null || echo 1)
-  log="$out/mnist.log"; [ $gpu_rc = 0 ] && [ $cpu_rc != 0 ] && log="$out/mnist_cpu.log" rc=$cpu_rc
-  row agreement "mnist pair $DEV vs cpu" $rc $(( gpu_secs + $(date +%s) - t0 )) "$log" \
-    "$out/mnist/summary.json" "$out/mnist_cpu/summary.json" 0.002
-fi
+mnist_row() {  # mnist_row NAME LABEL OVERRIDES...: the pair on $DEV against its CPU reference, agreement within 0.002
+  local name=$1 label=$2; shift 2
+  timed 120 "$out/$name.log" $PY -m qatrun device=$DEV "${MNIST[@]}" "$@" hydra.run.dir="$out/$name"
+  local t0=$(date +%s) gpu_rc=$rc gpu_secs=$secs
+  wait "${cpu_pid[$name]}"; local cpu_rc; cpu_rc=$(cat "$out/${name}_cpu.rc" 2>/dev/null || echo 1)
+  local log="$out/$name.log"; [ $gpu_rc = 0 ] && [ $cpu_rc != 0 ] && log="$out/${name}_cpu.log" rc=$cpu_rc
+  row agreement "$label $DEV vs cpu" $rc $(( gpu_secs + $(date +%s) - t0 )) "$log" \
+    "$out/$name/summary.json" "$out/${name}_cpu/summary.json" 0.002
+}
+want mnist && mnist_row mnist "mnist pair"
+want mnist-quant && mnist_row mnist_quant "mnist pair, lsq + 4-bit inputs" "${QUANT[@]}"
 
 if want determinism; then  # the two runs side by side on one device: deterministic all the same
   t0=$(date +%s)

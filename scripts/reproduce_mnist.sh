@@ -52,7 +52,7 @@ case "$mode" in
     exit ;;
   *) echo "usage: $0 full|quick|report [overrides]" >&2; exit 2 ;;
 esac
-all_blocks="sgd adam jitter adam_jitter sgd_nowarp warp_lr ablation outside bits scaledown long any_pair_tanh25 any_pair_cosine any_pair_pwl any_pair_adam any_pair_literature lr_sgd lr_sgd_nowarp lr_adam lr_jitter lr_adam_jitter lr_seeds optimizers resnet18"
+all_blocks="sgd adam jitter adam_jitter sgd_nowarp warp_lr ablation outside bits scaledown long any_pair_tanh25 any_pair_cosine any_pair_pwl any_pair_adam any_pair_literature lr_sgd lr_sgd_nowarp lr_adam lr_jitter lr_adam_jitter lr_seeds optimizers resnet18 quantizers"
 BLOCKS=${BLOCKS:-$all_blocks}
 
 runs=$out/runs
@@ -149,6 +149,39 @@ if [[ " $BLOCKS " == *" optimizers "* ]]; then
   saved=("${size[@]}"); size=("${atlas[@]}")
   BLOCKS="opt_sgd_l2" block opt_sgd_l2 optimizer=sgd optimizer.weight_decay=0.0005,0.05 \
     experiment=predicted,sgd_nowarp,jitter seed=0 experiment_name=optimizers
+  size=("${saved[@]}")
+  BLOCKS=$blocks_asked
+fi
+
+# The quantizer atlas: the quantizers researchers train with, each against the twin its optimizer's rule predicts,
+# the other rule's twin and the jitter floor, under SGD (warp rule) and Adam (identity rule), 3 seeds at each
+# optimizer's typical lr (its YAML's), sized like the optimizer atlas (40 steps, 2,000 test images). The tensor
+# row is the paper's grid, run again beside the others; fixed per-channel ranges and quantized activations are
+# inside the theorem, learned (lsq) and recomputed (dynamic) ranges outside it (the twin is the natural one).
+QUANTIZER_SETTINGS=(
+  "tensor:quantizer=tensor"
+  "channel:quantizer=channel"
+  "lsq:quantizer=lsq"
+  "lsq_channel:quantizer=lsq quantizer.scope=channel"
+  "dynamic_absmean:quantizer=dynamic quantizer.stat=absmean"
+  "dynamic_maxabs:quantizer=dynamic quantizer.stat=max_abs"
+  "a4_fixed:activation=fixed activation.bits=4"
+  "a4_pact:activation=pact activation.bits=4"
+  "a2_fixed:activation=fixed activation.bits=2"
+  "a2_pact:activation=pact activation.bits=2"
+  "lsq_a2:quantizer=lsq activation=fixed activation.bits=2"
+)
+if [[ " $BLOCKS " == *" quantizers "* ]]; then
+  blocks_asked=$BLOCKS
+  saved=("${size[@]}"); size=("${atlas[@]}")
+  for setting in "${QUANTIZER_SETTINGS[@]}"; do
+    name=${setting%%:*}; read -r -a ovs <<< "${setting#*:}"
+    for opt in sgd adam; do
+      other=warped; [ "$opt" = sgd ] && other=sgd_nowarp
+      BLOCKS="q_${name}_$opt" block "q_${name}_$opt" optimizer=$opt experiment=predicted,$other,jitter \
+        seed="${QUANTIZER_SEEDS:-0,1,2}" experiment_name=quantizers "${ovs[@]}"
+    done
+  done
   size=("${saved[@]}")
   BLOCKS=$blocks_asked
 fi

@@ -76,10 +76,15 @@ def test_gpu_check_dry_run_installs_and_trains_from_carried_files(tmp_path):
     raw = tmp_path / "data_a" / "mnist" / "MNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(MNIST)  # unpacked where qatrun reads MNIST
     rows = _table(tmp_path / "out_a" / "table.md")
-    assert list(rows) == ["cuda tests", "mnist pair cpu vs cpu", "deterministic=true twice", "torchrun, 1 process",
-                          "bench cpu-small (dry run)", "loader (dry run)"]
+    assert list(rows) == ["cuda tests", "mnist pair cpu vs cpu", "mnist pair, lsq + 4-bit inputs cpu vs cpu",
+                          "deterministic=true twice", "torchrun, 1 process", "bench cpu-small (dry run)",
+                          "loader (dry run)"]
     assert rows["cuda tests"][1] == "PASS" and " skipped" in rows["cuda tests"][0]  # collected from outside, none ran
-    assert rows["mnist pair cpu vs cpu"][1] == "PASS" and "differ by 0.00000" in rows["mnist pair cpu vs cpu"][0]
+    for name in ("mnist pair cpu vs cpu", "mnist pair, lsq + 4-bit inputs cpu vs cpu"):
+        assert rows[name][1] == "PASS" and "differ by 0.00000" in rows[name][0]
+    for run in ("mnist_quant", "mnist_quant_cpu"):  # both sides of the row trained the quantizers
+        quant = json.loads((tmp_path / "work_a" / run / "summary.json").read_text())
+        assert quant["config"]["quantizer"]["name"] == "lsq" and quant["quantized_inputs"] == ["conv2"]
     assert rows["deterministic=true twice"] == ("the two summary.json files are byte for byte identical", "PASS")
     assert rows["torchrun, 1 process"][1] == "PASS" and "'backend': 'gloo'" in rows["torchrun, 1 process"][0]
     assert "img/s" in rows["bench cpu-small (dry run)"][0]  # its verdict is the CPU's at batch 8: either

@@ -344,7 +344,7 @@ def _compiled_vs_eager(device: str, precision: str) -> tuple[float, float]:
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-3), ("bf16", 3e-2)])
 def test_cuda_compiled_channels_last_step_matches_eager(precision, tol):
     """compile=true with channels_last on the GPU: Inductor may lay the computed weight Q(w) out its own
-    way, and ``QuantizeWeight`` pins it to the float weight's strides (``qatrun/layers.py``); the compiled
+    way, and the weight quantizer (``qatrun.quantizers.base.weight_forward``) pins it to the float weight's strides (``qatrun/layers.py``); the compiled
     step's logits and every gradient equal the eager step's (IEEE fp32: TF32 off, as in training)."""
     prev = set_fp32_precision()
     try:

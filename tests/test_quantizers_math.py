@@ -124,8 +124,18 @@ def test_channel_at_one_range_equals_tensor_bit_for_bit(kind, bits):
 
 
 @pytest.mark.parametrize("kind,bits", [("he_uniform", 2), ("symmetric", 4)])
-def test_tensor_runs_todays_layer_arithmetic(kind, bits):
-    from qatrun.layers import QuantizeWeight
+def test_tensor_runs_the_fixed_range_layer_arithmetic(kind, bits):
+    class QuantizeWeight(torch.autograd.Function):  # the fixed-range layer's arithmetic, written out as a reference
+        @staticmethod
+        def forward(ctx, w, m, est):
+            ctx.save_for_backward(w)
+            ctx.m, ctx.est = m, est
+            return est.grid.quantize(w, m)
+
+        @staticmethod
+        def backward(ctx, upstream):
+            (w,) = ctx.saved_tensors
+            return ctx.est.grad(w, ctx.m, upstream) * upstream, None, None
 
     grid, w = Grid(kind, bits), weight()
     est = estimators.create("tanh", bits=bits, grid=grid, k=3.0)
@@ -139,7 +149,7 @@ def test_tensor_runs_todays_layer_arithmetic(kind, bits):
     assert not torch.equal(ya, w) and ya.unique().numel() >= grid.n_levels - 2
 
 
-def test_tensor_is_todays_grid_and_restores_its_float():
+def test_tensor_is_the_fixed_grid_and_restores_its_float():
     grid, w = Grid("he_uniform", 2), weight()
     q = quantizers.create("tensor", grid, w)
     assert q.range() == grid.init_range(w) and isinstance(q.range(), float)

@@ -5,7 +5,7 @@ baseline stands beside it and which column of the report's table shows it (``Fig
 ``record.curves_of`` (what the history keeps), the end-of-run block, TensorBoard's HParams (the headline
 first), the report's table and its verdicts (``HEADLINE``) read these functions, which collect the
 registered metrics' figures when called (a metric registered later is included).
-``upgrade_summary`` reads a summary written under older names under today's.
+``upgrade_summary`` reads a summary written under older names under the current ones.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ _RENAMED = {"pair/sequence_agreement_compressed": "pair/sequence_agreement_backt
 
 
 def upgrade_summary(summary: dict) -> dict:
-    """A run's parsed ``summary.json`` under today's names (a copy; the input is not changed).
+    """A run's parsed ``summary.json`` under the current names (a copy; the input is not changed).
 
     A summary with ``pair/sequence_agreement_compressed`` but no ``pair/sequence_agreement_backtrack``
     was written when "compressed" meant the backtrack rule (x-y-x -> x): its

@@ -1,8 +1,8 @@
-"""Quantizers: how a weight's range ``m`` is set, and how activations are quantized (issue 30).
+"""Quantizers: how a weight's range ``m`` is set, and how activations are quantized.
 
 Weight quantizers (registry ``QUANTIZERS``, family "quantizer"), one file each:
 
-* ``tensor``  (``tensor.py``): one fixed range per tensor, today's grid (``Grid.init_range``).
+* ``tensor``  (``tensor.py``): one fixed range per tensor, the paper's grid (``Grid.init_range``), the default.
 * ``channel`` (``channel.py``): one fixed range per output channel (max-abs or a percentile at init).
 * ``lsq``     (``lsq.py``): a learned step size (Esser et al., ICLR 2020), per tensor or per channel,
   mapped onto both grids (``m = c * s``, ``c = n_bins / 2``; the module docstring derives the gradient).
@@ -35,7 +35,7 @@ Interface for the integration (layers / pair / spec)
   (``quantize``, ``level_index``, ``bin_index``, ``position``, ``estimator.grad``, ``mirror64``), and
   to ``ranges`` for the rest (``thresholds``, ``levels``, ``level_bounds``, ``same_level``, ``warp``:
   the twin's init ``M(w0)`` on a per-channel grid is ``ranges.warp(w0, m0, A, None)``).
-* **The forward.** ``q(weight, estimator)`` replaces ``QuantizeWeight.apply(w, m, estimator)``; with
+* **The forward.** ``q(weight, estimator)`` replaces a fixed-range layer's ``RangeQuantize.apply(w, m, estimator)``; with
   ``tensor`` it runs the same arithmetic bit for bit (same float ``m``, same stride pin).
 * **State.** ``tensor``: buffer ``qrange`` (fp64, the float exactly; restored on load). ``channel``:
   buffer ``qrange``. ``lsq``: parameter ``step`` (the optimizer must get it; the twin trains its own),

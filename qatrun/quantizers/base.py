@@ -44,7 +44,8 @@ def register(name: str, family: Registry = QUANTIZERS):
 
 def weight_forward(grid: Grid, w: torch.Tensor, m) -> torch.Tensor:
     """``Q(w)`` on ``grid`` with range ``m`` (float, 0-dim, or per channel), pinned to ``w``'s strides
-    (a no-op view in eager; under torch.compile it keeps the layout of the float weight, issue 19)."""
+    (a no-op view in eager; under torch.compile it keeps the float weight's layout, so the backward copies
+    no activation gradient for a strided weight)."""
     q = grid.quantize(w, m)
     return q.as_strided(w.size(), w.stride()) if q.stride() == w.stride() else q
 

@@ -1,8 +1,8 @@
-"""``tensor``: one fixed range per tensor, today's qatrun grid (arXiv 2405.05171's setting).
+"""``tensor``: one fixed range per tensor, the paper's grid (arXiv 2405.05171's setting) and the default.
 
 ``m = sqrt(6 / fan_in)`` (He-uniform) on the ``he_uniform`` grid, the initial max-abs on ``symmetric``,
 or a given ``scale``: exactly ``Grid.init_range``. ``range()`` is that Python float, so a layer using
-this quantizer runs bit for bit the arithmetic of today's ``QuantMixin``. Pure torch: no I/O, no config.
+this quantizer runs bit for bit the arithmetic of a fixed-range layer (``quant.Grid`` with a float ``m``). Pure torch: no I/O, no config.
 """
 
 from __future__ import annotations
