@@ -142,6 +142,11 @@ def load_for_resume(run_dir, config: dict, provenance: dict | None = None) -> di
         raise CheckpointError(f"cannot resume {run_dir}: the config differs from the saved one in {', '.join(diff)} "
                               "(these change the math); use the saved config or a new run directory")
     changed = sorted(k for k, v in (provenance or {}).items() if k in blob["provenance"] and blob["provenance"][k] != v)
+    if "cpu_threads" in changed:  # qatrun.identity.THREADS: CPU bits depend on torch's thread count
+        saved, now = blob["provenance"]["cpu_threads"], provenance["cpu_threads"]
+        raise CheckpointError(f"cannot resume {run_dir}: it ran on CPU with {saved} thread(s), this process has {now}, "
+                              "and CPU results depend on the thread count; resume with OMP_NUM_THREADS="
+                              f"{saved}, or start a new run")
     if changed:
         what = ", ".join(f"{k} (saved {blob['provenance'][k]}, now {provenance[k]})" for k in changed)
         raise CheckpointError(f"cannot resume {run_dir}: the source of {what} changed since the checkpoint, so the "

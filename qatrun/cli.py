@@ -9,22 +9,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import sys
 import traceback
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from qatrun import stop  # light, and first: a Ctrl-C while torch and Hydra load is one line too
 
-from qatrun import dist, identity, preflight, sweep
-from qatrun.errors import TrainingError
-from qatrun.health import EXIT_DIVERGED
-from qatrun.rundir import ERROR, LOCK, SAME_AS, SUMMARY, lock_dir
-from qatrun.stop import Interrupted
-from qatrun.summary import summary_lines
-from qatrun.train import train  # torch and the registries: --help composes the config, which needs them anyway
+if stop.is_command_line():
+    stop.catch_early()
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from qatrun import dist, identity, preflight, sweep  # noqa: E402
+from qatrun.errors import TrainingError  # noqa: E402
+from qatrun.health import EXIT_DIVERGED  # noqa: E402
+from qatrun.rundir import ERROR, LOCK, SAME_AS, SUMMARY, lock_dir  # noqa: E402
+from qatrun.stop import Interrupted  # noqa: E402
+from qatrun.summary import summary_lines  # noqa: E402
+from qatrun.train import train  # noqa: E402  (torch and the registries: --help composes the config, which needs them)
 
 
 def fail(message: str) -> None:
@@ -38,6 +45,7 @@ def execute(cfg: DictConfig, run_dir) -> dict:
         summary = train(cfg, run_dir)
     finally:
         dist.teardown()
+    stop.early_words[0] = f"after the run ended; its files are written ({run_dir})"
     if dist.is_main():
         print(f"\nrun directory: {run_dir}")
         print("\n".join(summary_lines(summary)))
@@ -58,6 +66,13 @@ def quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def again(argv: list[str], sweep_dir: Path) -> list[str]:
+    """The command that continues a sweep in ``sweep_dir``: the same overrides, that directory."""
+    given = [a for a in argv if not a.startswith(("hydra.sweep.dir=", "hydra.run.dir="))]
+    where = str(sweep_dir) if re.fullmatch(r"[\w./+-]+", str(sweep_dir)) else quote(str(sweep_dir))
+    return ["qatrun", *given, f"hydra.sweep.dir={where}"]
+
+
 def remove_if_empty(run_dir: Path) -> None:
     """A run that failed before its first step leaves nothing: drop a directory holding only Hydra's files."""
     if run_dir.is_dir() and all(p.name in (".hydra", LOCK) or p.suffix == ".log" for p in run_dir.iterdir()):
@@ -69,6 +84,9 @@ def _main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = str(hc.mode) == "RunMode.MULTIRUN"
+    if multirun and sweep.stopped(hc.sweep.dir):  # a signal stopped the sweep: the points not started wait
+        remove_if_empty(run_dir)
+        return None
     if multirun:  # a sweep run again retries its failed points: the last try's error.txt is stale now
         (run_dir / ERROR).unlink(missing_ok=True)
     if multirun and (twin := finished_twin(cfg, run_dir)) is not None:  # a sweep run again: not retrained
@@ -82,7 +100,11 @@ def _main(cfg: DictConfig) -> float | None:
     try:
         summary = execute(cfg, run_dir)
     except Interrupted as exc:  # the whole command stops, a sweep too; the job resumes when run again
-        interrupted(exc)
+        if not multirun:
+            remove_if_empty(run_dir)  # stopped while starting: Hydra's files alone are not a run
+            interrupted(exc)
+        sweep.mark_stopped(hc.sweep.dir, exc.signum)  # the other points stop; sweep.finish says it in one line
+        return None
     except (ValueError, TrainingError) as exc:  # user errors: one line, no traceback
         if not multirun:
             remove_if_empty(run_dir)
@@ -105,7 +127,7 @@ def finished_twin(cfg: DictConfig, run_dir: Path) -> Path | None:
     job's own first. A finished point is not even reopened: its checkpoint may predate a state format that
     can no longer be continued (a twin rule's saved state that has since changed), and its figures stand as
     computed."""
-    mine = identity.of(cfg).fingerprint
+    mine = identity.of(cfg)
     own = run_dir / SUMMARY
     if own.exists():  # this very job: not retrained if it computed this; else it continues as a resume
         return own if _finished_with(own, mine) else None
@@ -115,13 +137,15 @@ def finished_twin(cfg: DictConfig, run_dir: Path) -> Path | None:
     return None
 
 
-def _finished_with(summary: Path, fingerprint: str) -> bool:
-    """Whether ``summary`` is a readable, undiverged result with this fingerprint."""
+def _finished_with(summary: Path, run: identity.RunIdentity) -> bool:
+    """Whether ``summary`` is a readable, undiverged result of what ``run`` computes (``identity.matches``: its
+    fingerprint, the CPU thread count included where the summary records it)."""
     try:
         s = json.loads(summary.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(s, dict) and s.get("fingerprint") == fingerprint and not s.get("diverged")
+    return (isinstance(s, dict) and identity.matches(s.get("fingerprint"), s.get("provenance"), run)
+            and not s.get("diverged"))
 
 
 def record_failure(run_dir: Path, hc, message: str, details: str = "") -> None:
@@ -155,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         except (ValueError, TrainingError) as exc:  # UserError, CheckpointError, a check's message; a failed run
             fail(str(exc))
         if multirun:
-            sweep.start(n)
+            sweep.start(n, where, again(argv, where))
             # job directories named by what varies: 3_estimator.bits=4,optimizer=adam
             argv.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(repr(k) for k in exclude)}]")
     sys.argv = [sys.argv[0], *argv]

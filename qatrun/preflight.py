@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -145,6 +146,7 @@ def points(overrides: list[str]) -> list[list[str]]:
 def creatable(path, key: str) -> None:
     """Refuse a directory that cannot be created or written, without creating it."""
     p = Path(path).absolute()
+    too_long(p, key)
     anc = p
     while not anc.exists() and anc != anc.parent:
         anc = anc.parent
@@ -156,6 +158,21 @@ def creatable(path, key: str) -> None:
     except OSError as exc:
         raise UserError(f"{key}={path} cannot be created or written ({exc.strerror or exc}); "
                         f"choose another {key} or fix its permissions") from None
+
+
+def too_long(p: Path, key: str) -> None:
+    """Refuse a path with a part longer than a file name may be, or longer than a path may be, here."""
+    try:
+        name_max, path_max = os.pathconf("/", "PC_NAME_MAX"), os.pathconf("/", "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf: the usual limits
+        name_max, path_max = 255, 4096
+    for part in p.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise UserError(f"{key} cannot be created: its part {part[:24]}... is {len(os.fsencode(part))} bytes long, "
+                            f"more than the {name_max} a file name may have here; choose a shorter {key}")
+    if len(os.fsencode(str(p))) >= path_max:
+        raise UserError(f"{key} cannot be created: it is {len(os.fsencode(str(p)))} bytes long, more than the "
+                        f"{path_max - 1} a path may have here; choose a shorter {key}")
 
 
 SUBDIR = "${hydra.job.num}_${hydra.job.override_dirname}"  # configs/config.yaml: hydra.sweep.subdir
@@ -179,7 +196,7 @@ def refuse_changed(run_dir: Path, cfg) -> None:
         if diff:
             raise UserError(f"{run_dir} already holds a run whose config differs in {', '.join(diff)}; nothing was "
                             f"changed there: choose another directory, or continue it as saved with qatrun "
-                            f"resume={run_dir}")
+                            f"resume={shlex.quote(str(run_dir))}")
 
 
 def check_command(overrides: list[str], multirun: bool) -> tuple[int, list[str], Path]:

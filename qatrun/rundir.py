@@ -30,32 +30,42 @@ TB = "tb"
 LOCK = ".qatrun.lock"
 WRITTEN = (CHECKPOINT, SUMMARY, WEIGHTS_SAMPLE, STATUS)  # written atomically: a crash leaves ``.<name>.<random>``
 
-_held: dict[str, int] = {}  # directory -> the open lock file (kept open: the lock lives as long as the process)
+_held: dict[str, int] = {}  # directory -> its open descriptor, locked (kept open: the lock lives as long as the process)
 
 
 def lock_dir(path) -> bool:
-    """Take the run directory ``path`` for this process (created if needed): an exclusive ``fcntl`` lock on
-    ``path/.qatrun.lock``, released when the process ends, also by SIGKILL. A second process is refused
-    with a ``ValueError`` naming the holder's pid. Idempotent within one process: True when this call took
-    the lock, False when this process held it already."""
+    """Take the run directory ``path`` for this process (created if needed): an exclusive ``fcntl.flock`` on the
+    directory itself, which the kernel releases when the process ends, also by SIGKILL, and which no file
+    operation can take away (a lock on a file inside was lost when the file was deleted). ``.qatrun.lock``
+    holds the holder's pid, for the message only. A second process is refused with a ``ValueError`` naming
+    that pid. Idempotent within one process: True when this call took the lock, False when this process held
+    it already."""
     import fcntl
 
     path = Path(path).absolute()
     if str(path) in _held:
         return False
     path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise ValueError(f"run directory {path} is in use by another qatrun process (pid {holder}); wait for it to "
-                         "finish, or choose another hydra.run.dir") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+        raise ValueError(f"run directory {path} is in use by another qatrun process (pid {_holder(path)}); wait for "
+                         "it to finish, or choose another hydra.run.dir") from None
     _held[str(path)] = fd
+    try:
+        (path / LOCK).write_text(str(os.getpid()))
+    except OSError:
+        pass  # the pid is information; the lock is held already
     return True
+
+
+def _holder(path: Path) -> str:
+    try:
+        return (path / LOCK).read_text(errors="replace").strip()[:32] or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def unlock_dir(path) -> None:
@@ -74,17 +84,39 @@ def remove_stale_temps(path) -> list[Path]:
     return gone
 
 
+def now_at(run_dir) -> Path | None:
+    """Where the run directory this process locked is now: itself, the place it was moved to, or None when it
+    was removed (the kernel follows the locked descriptor: ``/proc/self/fd``). ``run_dir`` itself where this
+    process holds no lock on it or cannot tell."""
+    fd = _held.get(str(Path(run_dir).absolute()))
+    if fd is None:
+        return Path(run_dir)
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return Path(run_dir)
+    return None if target.endswith(" (deleted)") else Path(target)
+
+
 def last_checkpoint_words(run_dir: Path) -> str:
-    last = Path(run_dir) / CHECKPOINT
+    where = now_at(run_dir)
+    last = (where or Path(run_dir)) / CHECKPOINT
     return f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
 
 
 def guarded(run_dir: Path, name, write) -> None:
-    """Run ``write()``; a failed write (full disk, directory removed or read-only) becomes one line naming its
-    cause and the last good checkpoint."""
+    """Run ``write()``; a failed write (full disk, directory removed, moved or read-only) becomes one line
+    naming its cause and the last good checkpoint."""
     try:
         write()
     except OSError as exc:
+        where = now_at(run_dir)
+        if where is not None and where != Path(run_dir).resolve():  # the descriptor names the real path
+            import shlex
+
+            raise TrainingError(f"the run directory {run_dir} was moved to {where} while the run was going (writing "
+                                f"{name}); {last_checkpoint_words(run_dir)}; continue with: qatrun resume="
+                                f"{shlex.quote(str(where))}") from None
         raise TrainingError(f"{os_error_line(exc, Path(run_dir) / name, run_dir)}; "
                             f"{last_checkpoint_words(run_dir)}") from None
 
@@ -94,3 +126,12 @@ def write_status(run_dir: Path, state: str, step: int, steps: int, **more) -> No
     report and a user tell an interrupted run from a finished one."""
     guarded(run_dir, STATUS, lambda: write_json(Path(run_dir) / STATUS,
                                                 {"state": state, "step": step, "steps": steps, **more}))
+
+
+def end_status(run_dir: Path, state: str, step: int | None, steps: int | None, **more) -> None:
+    """The last ``status.json`` of a run that stopped on an error or a signal (failed / interrupted, with the
+    message): best effort, as the fault may be the directory itself; the run's own line says what happened."""
+    try:
+        write_status(run_dir, state, step, steps, **more)
+    except TrainingError:
+        pass

@@ -1,9 +1,18 @@
 """The one place that talks to TensorBoard: scalars with ``group/name`` tags, histograms,
-the resolved config as text, the Custom Scalars layout, and the final figures through the HParams plugin."""
+the resolved config as text, the Custom Scalars layout, and the final figures through the HParams plugin.
+
+TensorBoard writes events from a background thread. When that write fails (a full disk, a run directory
+removed or made read-only), the thread keeps the error and TensorBoard raises it at the next write; here it
+is raised in the training thread, with the event file named, also at ``flush`` and ``close``, and the thread's
+own traceback is not printed (``quiet_writer_threads``): the run ends in its one line (``qatrun.train.run``).
+"""
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import threading
 from pathlib import Path
 
 import torch
@@ -11,28 +20,87 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 
+def quiet_writer_threads() -> None:
+    """Let an ``OSError`` end TensorBoard's writer threads without ``Exception in thread ...``: the writer keeps it
+    and ``TBLogger`` raises it in the training thread. Every other thread's exception is printed as before."""
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    prev = threading.excepthook
+    if getattr(prev, "qatrun_tb", False):
+        return
+
+    def hook(args):
+        if not (isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError)):
+            prev(args)
+
+    hook.qatrun_tb = True
+    threading.excepthook = hook
+
+
+def _raises_writer_failure(method):
+    """A TBLogger method that raises the writer thread's failure as an ``OSError`` naming the event file."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            out = method(self, *args, **kwargs)
+        except OSError as exc:
+            raise self._named(exc) from None
+        failure = self._failure()
+        if failure is not None:
+            raise failure from None
+        return out
+    return wrapped
+
+
 class TBLogger:
     def __init__(self, log_dir: str, purge_step: int | None = None):
+        quiet_writer_threads()
         # purge_step hides events at or after that step left by a run that died before resuming.
         self.writer = SummaryWriter(log_dir, purge_step=purge_step)
         self.tags: set[str] = set()  # scalar tags written by this process
+        self._writers: list = []  # the event file writers, kept to read their threads' failure after close
 
+    def _file_writers(self) -> list:
+        for fw in (self.writer.all_writers or {}).values():
+            if fw not in self._writers:
+                self._writers.append(fw)
+        return self._writers
+
+    def _named(self, exc: OSError) -> OSError:
+        if exc.filename is None and self._writers:
+            exc.filename = os.fsdecode(self._writers[0].event_writer._file_name)
+        return exc
+
+    def _failure(self) -> OSError | None:
+        """The first write error of a writer thread (TensorBoard's own attribute), or None."""
+        for fw in self._file_writers():
+            exc = getattr(getattr(fw.event_writer, "_async_writer", None), "_worker", None)
+            exc = getattr(exc, "exception", None)
+            if isinstance(exc, OSError):
+                return self._named(exc)
+        return None
+
+    @_raises_writer_failure
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, v in values.items():
             if v is not None and not (isinstance(v, float) and math.isnan(v)):
                 self.writer.add_scalar(tag, v, step)
                 self.tags.add(tag)
 
+    @_raises_writer_failure
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         self.writer.add_histogram(tag, values.detach().float().cpu(), step)
 
+    @_raises_writer_failure
     def text(self, tag: str, text: str) -> None:
         self.writer.add_text(tag, text)
 
+    @_raises_writer_failure
     def layout(self, layout: dict) -> None:
         """The Custom Scalars tab: charts that overlay several tags (``record.LAYOUT``)."""
         self.writer.add_custom_scalars(layout)
 
+    @_raises_writer_failure
     def hparams(self, params: dict, metrics: dict[str, float], step: int) -> None:
         """Final figures in the HParams dashboard (same event file, so sweeps line up by run dir).
 
@@ -50,10 +118,13 @@ class TBLogger:
             if self.tags and k not in self.tags:
                 self.writer.add_scalar(k, v, step)
 
+    @_raises_writer_failure
     def flush(self) -> None:
         self.writer.flush()
 
+    @_raises_writer_failure
     def close(self) -> None:
+        self._file_writers()  # SummaryWriter forgets them on close
         self.writer.close()
 
 

@@ -33,7 +33,7 @@ from qatrun.models.deterministic import deterministic_pooling
 from qatrun.pair import Pair, build_run
 from qatrun.record import LAYOUT, Recorder
 from qatrun.spec import RunSpec, build as build_spec
-from qatrun.stop import Interrupted, StopSignals
+from qatrun.stop import Interrupted, StopNow, StopSignals
 from qatrun.summary import compose, headline_metrics, summary_lines  # noqa: F401 (summary_lines: API)
 from qatrun.tblog import TBLogger
 
@@ -99,26 +99,59 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike) -> dict:
 
 def run(spec: RunSpec, run_dir: str | os.PathLike) -> dict:
     """Train the pair of ``spec``. The run directory is this process's while it trains (``rundir.lock_dir``),
-    and released at the end unless the caller (the command line) took it first."""
-    held: list[Path] = []
+    and released at the end unless the caller (the command line) took it first. A run that stops on an error or
+    a signal ends its ``status.json`` as failed (with the message) or interrupted, and raises one line."""
+    where, held, runs = Path(run_dir), [], []
     try:
-        return _train(spec, Path(run_dir), held)
-    except OSError as exc:  # TensorBoard's writer and the rest: a fault named in one line, as rundir.guarded does
-        where = Path(run_dir)
-        name = os.fsdecode(exc.filename) if exc.filename is not None else None
-        if name is not None and not name.startswith(str(where)):
-            raise  # not a write of this run (data on another disk, say): its own message
-        if name is None and exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOENT):
-            raise
-
-        def again():
-            raise exc
-
-        rundir.guarded(where, Path(name).relative_to(where) if name else Path("."), again)
+        with StopSignals(deferred=False) as stop:  # while it starts a signal stops it at once (nothing computed)
+            return _train(spec, where, held, stop, runs)
+    except Interrupted:
         raise
+    except StopNow as exc:  # a signal while starting, or a second Ctrl-C: the last checkpoint stands
+        raise _stopped_at_once(exc.signum, where, runs) from None
+    except (Exception, KeyboardInterrupt) as exc:
+        err = _one_line(exc, where)
+        if runs and runs[0].wrote_status:
+            state = "failed" if isinstance(exc, Exception) else "interrupted"
+            rundir.end_status(where, state, runs[0].saved, runs[0].steps, error=str(err) or type(err).__name__)
+        if err is exc:
+            raise
+        raise err from None
     finally:
         for d in held:
             rundir.unlock_dir(d)
+
+
+def _one_line(exc: BaseException, where: Path) -> BaseException:
+    """A failed write of this run (TensorBoard's writer and the rest) as one line, as ``rundir.guarded`` names it;
+    any other exception as it is (a write elsewhere, data on another disk say, keeps its own message)."""
+    if not isinstance(exc, OSError):
+        return exc
+    name = os.fsdecode(exc.filename) if exc.filename is not None else None
+    if name is not None and not name.startswith(str(where)):
+        return exc
+    if name is None and exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.ENOENT):
+        return exc
+
+    def again():
+        raise exc
+
+    try:
+        rundir.guarded(where, Path(name).relative_to(where) if name else Path("."), again)
+    except TrainingError as line:
+        return line
+    return exc
+
+
+def _stopped_at_once(signum: int, where: Path, runs: list) -> Interrupted:
+    """The ``Interrupted`` of a run stopped without a new checkpoint, its status.json saying so."""
+    name = signal.Signals(signum).name
+    if not runs:  # while starting: whatever checkpoint the directory holds is as it was
+        return Interrupted(signum, None, None, where, "while starting", (where / rundir.CHECKPOINT).exists())
+    r = runs[0]
+    if r.wrote_status:
+        rundir.end_status(where, "interrupted", r.saved, r.steps, signal=name)
+    return Interrupted(signum, r.saved, r.steps, where, "a second time: at once", r.saved is not None)
 
 
 class _Run:
@@ -155,6 +188,8 @@ class _Run:
             self.start = ckpt.restore(blob, self.pair, self.rec)
         if self.main:
             self.rec.tb = TBLogger(str(run_dir / rundir.TB), purge_step=self.start + 1 if self.start else None)
+        self.saved = self.start if blob is not None else None  # the last checkpoint's step: where a resume goes on
+        self.wrote_status = False  # whether status.json is this process's (a failure then ends it as failed)
 
     def first_figures(self) -> None:
         """Step 0: the config and the first figures, the twin's init checked against the metrics' invariants."""
@@ -172,6 +207,7 @@ class _Run:
             state = {"pair": self.pair.state_dict(), "history": self.rec.state_dict()}
             rundir.guarded(self.run_dir, rundir.CHECKPOINT, lambda: ckpt.save(
                 self.run_dir, done, self.spec.run.config, state, self.spec.run.provenance))
+        self.saved = done
 
     def log(self, done: int, bar) -> None:
         check_finite(self.pair, self.run_dir)
@@ -191,8 +227,10 @@ class _Run:
         return exc
 
 
-def _train(spec: RunSpec, run_dir: Path, held: list) -> dict:
+def _train(spec: RunSpec, run_dir: Path, held: list, stop: StopSignals, runs: list) -> dict:
     r = _Run(spec, run_dir, held)
+    runs.append(r)
+    stop.deferred = True  # built: a signal now waits for the step to end and writes its checkpoint
     pair, tr, steps = r.pair, spec.trainer, r.steps
     if r.start == 0:
         r.first_figures()
@@ -202,7 +240,8 @@ def _train(spec: RunSpec, run_dir: Path, held: list) -> dict:
     t0 = last_save = time.time()
     if r.main:
         rundir.write_status(run_dir, "running", r.start, steps)
-    with StopSignals() as stop:
+        r.wrote_status = True
+    with stop:
         for step in bar:
             x, y = r.data.batch(step)
             pair.step(step, x, y)

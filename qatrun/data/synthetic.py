@@ -79,10 +79,14 @@ class SyntheticImages:
         bs = self.batch_size if batch_size is None else batch_size
         if bs is None:
             raise ValueError("SyntheticImages.get_batch: give batch_size (or set it in the constructor)")
-        index = int(step) % self.num_batches(bs)
+        return self.batch_at(int(step) % self.num_batches(bs), bs)
+
+    def batch_at(self, index: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size`` samples drawn from batch ``index``'s generator: a full batch, or the short last one of an
+        evaluation that covers every sample (its first ``size`` samples differ from a full batch's)."""
         g = self._generator(index)
-        x = torch.randn((bs, *self.shape), generator=g, device=self.device, dtype=self.dtype)
-        y = torch.randint(0, self.num_classes, (bs,), generator=g, device=self.device)
+        x = torch.randn((size, *self.shape), generator=g, device=self.device, dtype=self.dtype)
+        y = torch.randint(0, self.num_classes, (size,), generator=g, device=self.device)
         if self.patterns is not None:
             x.add_(self.patterns[y], alpha=self.signal)
         return x, y
@@ -116,6 +120,9 @@ class SyntheticData(RankSlice):
                        ("num_classes", num_classes), ("image_size", image_size), ("channels", channels),
                        ("length", length), ("test_length", test_length)):
             checks.positive_int(f"dataset.{key}", v)
+        if batch_size > length:  # the test set needs no such bound: it is evaluated in full, its last batch short
+            raise ValueError(f"dataset.batch_size={batch_size} exceeds dataset.length={length}, the training set "
+                             "(batches drop their remainder): valid is a batch_size of at most the length")
         return DataShape((channels, image_size, image_size), num_classes)
 
     def __init__(self, device, seed, world, rank, shape: DataShape, batch_size: int, eval_batch_size: int,
@@ -134,5 +141,7 @@ class SyntheticData(RankSlice):
         return self._slice(*self.train.get_batch(step, self.batch_size))
 
     def test_batches(self):
-        for i in self._shard(self.test.num_batches(self.eval_batch_size)):
-            yield self.test.get_batch(i, self.eval_batch_size)
+        """Every test sample once, as MNIST and ImageFolder evaluate: full batches, the last one short."""
+        n, bs = self.test.length, self.eval_batch_size
+        for i in self._shard(-(-n // bs)):
+            yield self.test.batch_at(i, min(bs, n - i * bs))
