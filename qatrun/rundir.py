@@ -100,7 +100,9 @@ def now_at(run_dir) -> Path | None:
 
 def last_checkpoint_words(run_dir: Path) -> str:
     where = now_at(run_dir)
-    last = (where or Path(run_dir)) / CHECKPOINT
+    if where is None:
+        return "its checkpoints went with it"
+    last = where / CHECKPOINT
     return f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
 
 
@@ -131,7 +133,10 @@ def write_status(run_dir: Path, state: str, step: int, steps: int, **more) -> No
 def end_status(run_dir: Path, state: str, step: int | None, steps: int | None, **more) -> None:
     """The last ``status.json`` of a run that stopped on an error or a signal (failed / interrupted, with the
     message): best effort, as the fault may be the directory itself; the run's own line says what happened."""
+    where = now_at(run_dir)  # a directory moved mid-run: its status where it went
+    if where is None:
+        return
     try:
-        write_status(run_dir, state, step, steps, **more)
+        write_status(where, state, step, steps, **more)
     except TrainingError:
         pass

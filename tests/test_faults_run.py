@@ -178,6 +178,7 @@ def test_a_run_directory_moved_mid_run_names_where_it_went(tmp_path, monkeypatch
     assert str(got).startswith(f"the run directory {d} was moved to {moved} while the run was going")
     assert f"the last good checkpoint is {moved / 'checkpoint.pt'}; continue with: qatrun resume={moved}" in str(got)
     assert ckpt.load(moved / "checkpoint.pt")["step"] == 5
+    assert status(moved)["state"] == "failed"  # where it went, not left at running
 
 
 def test_a_too_long_path_part_is_one_line(tmp_path):
