@@ -96,14 +96,14 @@ def test_a_sweep_run_again_with_one_more_value_trains_only_the_new_point(tmp_pat
 
 @pytest.mark.slow
 def test_a_finished_sweep_point_run_again_is_not_reopened(tmp_path):
-    """Its pair state is not even loaded: one written before the compressed rule changed (issue #21) cannot
-    be continued, and the point stands as computed; every file of it but Hydra's own stays as it was."""
+    """Its pair state is not even loaded: one written before the compressed rule changed cannot be continued,
+    and the point stands as computed; every file of it but Hydra's own stays as it was."""
     sweep = tmp_path / "sweep"
     first = cli("-m", *SHORT, "seed=1,2", f"hydra.sweep.dir={sweep}")
     assert first.returncode == 0, first.stderr[-2000:]
     point = sweep / "0_seed=1"
     blob = ckpt.load(point / ckpt.NAME)
-    blob["state"]["pair"]["tracker"]["a.chash_before"] = torch.zeros(1)  # the older format's key: a resume fails
+    blob["state"]["pair"]["metrics"]["changepoints"]["a.chash_before"] = torch.zeros(1)  # the older format's key
     ckpt.save(point, blob["step"], blob["config"], blob["state"], blob["provenance"])
     keep = lambda: {k: v for k, v in snapshot(point).items() if not k.startswith(".hydra") and k != LOCK}  # noqa: E731
     before = keep()
