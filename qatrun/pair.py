@@ -106,13 +106,19 @@ class Pair:
         self.since = 0
         self.calibrating = bool(activation_quantizers(model))  # until the first batch (or a checkpoint) sets them
 
+    def calibrate(self, x) -> None:
+        """The activation ranges from the training batch ``x``, once (no-op without quantized inputs, or once
+        calibrated or restored). Before anything else runs the models: an evaluation first would calibrate each
+        run on a test batch, and under torchrun each rank on its own shard."""
+        if self.calibrating:
+            calibrate(self.models, x, self.precision)
+            self.calibrating = False
+
     def step(self, step: int, x, y, timer=None) -> None:
         """One lockstep iteration on batch (x, y): both runs, then the on-device metric accumulators.
         ``timer(name)`` (a context manager factory) lets the benchmark time each section."""
         timer = timer or (lambda name: contextlib.nullcontext())
-        if self.calibrating:
-            calibrate(self.models, x, self.precision)
-            self.calibrating = False
+        self.calibrate(x)
         if self.timed:
             self.progress.fill_(step / self.steps)
         for i, fn in enumerate(self.step_fns):

@@ -40,18 +40,22 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def keyed(exc: ValueError, key: str, name: str, options: dict) -> ValueError:
+    """A builder's message naming the full key: "estimator.bits must be ...", else "estimator=qnet: ..."."""
+    msg, first = str(exc), str(exc).split(" ", 1)[0]
+    if msg.startswith(f"{name}: "):
+        msg = msg[len(name) + 2:]
+    return ValueError(f"{key}.{msg}" if first in options else msg if msg.startswith(key) else f"{key}={name}: {msg}")
+
+
 def build_estimators(cfg):
     """The run's estimator and the twin's own (None unless ``estimator@twin_estimator=...`` was chosen)."""
     def one(cfg_group, key):
         name, options = group(cfg_group)
         try:
             return estimators.create(name, **options)
-        except ValueError as exc:  # name the full key: "estimator.bits must be ...", else "estimator=qnet: ..."
-            msg, first = str(exc), str(exc).split(" ", 1)[0]
-            if msg.startswith(f"{name}: "):
-                msg = msg[len(name) + 2:]
-            full = f"{key}.{msg}" if first in options else msg if msg.startswith(key) else f"{key}={name}: {msg}"
-            raise ValueError(full) from None
+        except ValueError as exc:
+            raise keyed(exc, key, name, options) from None
 
     twin_cfg = OmegaConf.select(cfg, "twin_estimator")
     return one(cfg.estimator, "estimator"), (one(twin_cfg, "twin_estimator") if twin_cfg is not None else None)
@@ -118,7 +122,7 @@ def build_quantizers(cfg, est) -> tuple[str, dict, str | None, dict]:
     try:
         quantizers.create(q_name, est.grid, stand_in, **q_options)
     except ValueError as exc:
-        raise ValueError(f"quantizer={q_name}: {exc}") from None
+        raise keyed(exc, "quantizer", q_name, q_options) from None
     act = OmegaConf.select(cfg, "activation")
     if act is None:
         return q_name, q_options, None, {}
@@ -126,8 +130,20 @@ def build_quantizers(cfg, est) -> tuple[str, dict, str | None, dict]:
     try:
         quantizers.create_activation(a_name, **a_options)
     except ValueError as exc:
-        raise ValueError(f"activation={a_name}: {exc}") from None
+        raise keyed(exc, "activation", a_name, a_options) from None
     return q_name, q_options, a_name, a_options
+
+
+def check_own_ranges(model: str, shape: DataShape, est, seed: int, quantize_linear: bool, quantizer: str,
+                     options: dict, model_options: dict) -> None:
+    """Build the estimator run on the CPU as training will (its own init, ``model.he_init=false``), so that a
+    range its weights cannot give (an all-zero output channel under ``channel``) is refused before anything is
+    created, naming the layer. The global RNG is left as it was."""
+    from qatrun.build import build_run
+
+    with torch.random.fork_rng(devices=[]):
+        build_run(model, shape.num_classes, est, seed, False, shape.input_shape, quantize_linear, quantizer=quantizer,
+                  quantizer_options=options, **model_options)
 
 
 def build_trainer(tr) -> TrainerSpec:
@@ -175,6 +191,8 @@ def build(cfg, data_shape: DataShape | None = None) -> RunSpec:
     model_name, model_options = group(cfg.model)
     he_init, quantize_linear = model_options.pop("he_init"), model_options.pop("quantize_linear")
     quantized = check_model(model_name, model_options, shape.input_shape, shape.num_classes, quantize_linear)
+    if not he_init:  # the ranges come from the model's own weights, which the meta build above has no values of
+        check_own_ranges(model_name, shape, est, cfg.seed, quantize_linear, q_name, q_options, model_options)
     warnings = ()
     if optim.OPTIMIZERS.meta(opt_name).get("lr_at_first_step") and trainer.warmup_frac > 0:
         warnings = (f"optimizer={opt_name} reads its lr once, at the first step, where the warm-up (trainer.warmup_frac="

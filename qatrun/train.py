@@ -233,6 +233,7 @@ def _train(spec: RunSpec, run_dir: Path, held: list, stop: StopSignals, runs: li
     stop.deferred = True  # built: a signal now waits for the step to end and writes its checkpoint
     pair, tr, steps = r.pair, spec.trainer, r.steps
     if r.start == 0:
+        pair.calibrate(r.data.batch(0)[0])  # the activation ranges from the first training batch, before any eval
         r.first_figures()
     last_eval = None  # the figures of the eval at the final step, reused by the summary
     bar = tqdm(range(r.start, steps), initial=r.start, total=steps, disable=not (tr.progress and r.main),

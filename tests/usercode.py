@@ -42,3 +42,21 @@ class Stripes:
 
 def stripes(seed: int, num_classes: int = 3) -> Stripes:
     return Stripes(seed, num_classes)
+
+
+def zero_channel_net(num_classes: int, in_channels: int) -> nn.Module:
+    """``tiny_net`` whose second convolution's output channel 3 has all-zero weights (a pruned channel)."""
+    net = tiny_net(num_classes, in_channels)
+    with torch.no_grad():
+        net[2].weight[3].zero_()
+    return net
+
+
+def equal_channels_net(num_classes: int, in_channels: int) -> nn.Module:
+    """``tiny_net`` whose convolutions have every output channel at max-abs 0.5 (``w / max|w_c| * 0.5``: the
+    largest weight of each channel is 0.5 exactly), so one range per tensor and one per channel coincide."""
+    net = tiny_net(num_classes, in_channels)
+    with torch.no_grad():
+        for conv in (net[0], net[2]):
+            conv.weight.div_(conv.weight.abs().amax(dim=(1, 2, 3), keepdim=True)).mul_(0.5)
+    return net
