@@ -44,8 +44,10 @@ test-fast: install  ## the inner loop: every test not marked slow (under 2 min o
 docs: install  ## serve the documentation site at http://127.0.0.1:8000 (mkdocs serve; ARGS=-a host:port)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve $(ARGS)
 
-bench: install  ## benchmark the pair against plain PyTorch (writes results/bench.json)
-	$(VENV)/bin/qatrun-bench $(ARGS)
+# the pair's cases, then each quantizer's single run and pair (qatrun.bench.quantizers)
+BENCH_CASES := auto,quantizers
+bench: install  ## benchmark the pair against plain PyTorch, and each quantizer (writes results/bench.json)
+	$(VENV)/bin/qatrun-bench $(or $(ARGS),--cases $(BENCH_CASES))
 
 reproduce-mnist: install  ## full MNIST suite (236 runs, about 6.5 h on 2 CPU cores; ARGS=device=cuda on a GPU)
 	bash scripts/reproduce_mnist.sh full $(ARGS)

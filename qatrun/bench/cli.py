@@ -26,7 +26,8 @@ def parse_args(argv=None):
                    help=f"comma-separated from {', '.join(CASES)}; 'auto' (default): cpu-small, plus every gpu-* "
                         "case when CUDA is available; 'scaling': the cpu-scale-* cases and their table; "
                         "'all': every case; 'loader': the ImageNet input paths against the pair's consumption "
-                        "(qatrun.bench.loader)")
+                        "(qatrun.bench.loader); 'quantizers': each quantizer's single run and pair on cpu-small "
+                        "(qatrun.bench.quantizers)")
     p.add_argument("--steps", type=int, default=None,
                    help="timed iterations per config per round (default: the logging interval, --log-every or the "
                         "config's trainer.log_every, so each pair round holds one log)")
@@ -68,8 +69,9 @@ def run(argv=None) -> dict:
     """Parse ``argv``, run the selected cases, print the tables, write and return the JSON dict."""
     a = parse_args(argv)
     names = [n.strip() for n in a.cases.split(",")]
-    loader = "loader" in names
-    cases = select_cases(",".join(n for n in names if n != "loader")) if names != ["loader"] else []
+    loader, quantizers = "loader" in names, "quantizers" in names
+    rest = [n for n in names if n not in ("loader", "quantizers")]
+    cases = select_cases(",".join(rest)) if rest else []
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's "no GPU" error line on CPU-only hosts
     out = {"meta": meta(), "cases": {}}
     path = Path(a.out)
@@ -99,6 +101,10 @@ def run(argv=None) -> dict:
         write(out, path)  # after every case: a later case that crashes or is killed leaves this one's figures
     if loader:
         texts.append(run_loader_case(a, out, path))
+    if quantizers:
+        from qatrun.bench.quantizers import run_quantizers_case
+
+        texts.append(run_quantizers_case(a, out, lambda: write(out, path)))
     rows = [scaling_row(r) for r in out["cases"].values() if r["case"]["scaling"]]
     if rows:
         out["scaling"] = rows
