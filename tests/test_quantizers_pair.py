@@ -73,7 +73,7 @@ def optimized(pair, run: int) -> set:
 
 def check_weight_quantizers(pair, kind: str, per_channel: bool) -> None:
     """Every quantized layer of both runs holds the chosen quantizer, which did what it is for."""
-    learned_moved = []
+    learned_moved, moved = [], []  # two small steps may leave a large layer's mean |w| as it was in fp32
     for run, layers in enumerate(pair.layers):
         for i, (name, layer) in enumerate(layers):
             wq = layer.wq
@@ -86,7 +86,8 @@ def check_weight_quantizers(pair, kind: str, per_channel: bool) -> None:
                 learned_moved.append(not torch.equal(wq.step, wq.step_ref))
             elif kind == "dynamic":  # the last range used is the current weights' statistic
                 assert torch.equal(wq.qrange, dynamic_range(layer.weight, wq.stat, per_channel, wq.c)), name
-                assert not torch.equal(wq.qrange, dynamic_range(pair.weights0[run][i], wq.stat, per_channel, wq.c))
+                moved.append(not torch.equal(wq.qrange, dynamic_range(pair.weights0[run][i], wq.stat, per_channel,
+                                                                      wq.c)))
             else:  # fixed: the estimator run's initial range, which the twin shares
                 est = pair.layers[0][i][1]
                 assert torch.equal(wq.qrange, est.wq.qrange), name
@@ -94,6 +95,8 @@ def check_weight_quantizers(pair, kind: str, per_channel: bool) -> None:
                     assert torch.equal(wq.qrange, channel_max_abs(pair.weights0[0][i])), name
     if kind == "lsq":  # a step whose update is under half its fp32 ulp stays (MobileNet: one depthwise layer of 104)
         assert sum(learned_moved) >= 0.9 * len(learned_moved), learned_moved
+    if kind == "dynamic":
+        assert any(moved), moved
 
 
 def check_activations(pair, s: dict, act) -> None:
