@@ -31,6 +31,18 @@ T = ["dataset.train_subset=600", "dataset.test_subset=200", "dataset.batch_size=
 SMALL = ["trainer.max_steps=12", "trainer.checkpoint_every=5", "trainer.log_every=5", "trainer.eval_every=10"]
 
 
+@pytest.fixture(autouse=True)
+def default_signal_handlers():
+    """Each test starts as a fresh process would, with Python's own SIGINT/SIGTERM handlers: a test run earlier
+    in this process (pytest's, a library's) may have left another installed, which qatrun rightly leaves alone."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
 def outcome(fn, *args):
     """What ``fn`` raised, KeyboardInterrupt included (which would otherwise end the test session)."""
     try:

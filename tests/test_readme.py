@@ -125,6 +125,20 @@ def test_atlas_rows_are_the_committed_atlas():
         assert row in committed, row
 
 
+def test_quantizer_atlas_rows_are_the_committed_atlas():
+    """The README's quantizer atlas rows are rows of the generated results/mnist/quantizer_atlas.md, verbatim: every
+    setting of the quantizers block under both optimizers, outside-the-theorem rows labelled so."""
+    m = re.search(r"<!-- qatlas:begin[^>]*-->\n(.*?)<!-- qatlas:end -->", README, re.S)
+    assert m, "README has no quantizer atlas block"
+    committed = (ROOT / "results" / "mnist" / "quantizer_atlas.md").read_text().splitlines()
+    rows = m.group(1).strip().splitlines()
+    assert rows[0] == committed[0] and all(row in committed for row in rows[2:])
+    body = [r.split("|")[1:4] for r in rows[2:]]
+    assert {(q.strip(), o.strip()) for q, _, o in body} >= {(q, o) for q in ("tensor", "channel", "lsq")
+                                                             for o in ("sgd", "adam")}
+    assert all(("outside" in t) == q.strip().startswith(("lsq", "dynamic")) for q, t, _ in body)
+
+
 def test_twin_rules_are_the_registrys():
     """Each optimizer's twin rule and its reason, as the README lists them, are those registered in qatrun.optim."""
     from qatrun.optim import OPTIMIZERS

@@ -36,7 +36,7 @@ def test_every_block_is_listed_and_every_listed_block_exists():
     defined = re.findall(r"^\s*block ([a-z0-9_]+) ", text, flags=re.M)
     groups = re.findall(r'^if \[\[ " \$BLOCKS " == \*" ([a-z0-9_]+) "\* \]\]', text, flags=re.M)  # several blocks
     assert sorted(listed) == sorted(defined + [g for g in groups if g not in defined])
-    assert len(set(defined)) == len(defined) and groups == ["resnet18", "optimizers"]
+    assert len(set(defined)) == len(defined) and groups == ["resnet18", "optimizers", "quantizers"]
     for needed in ("adam_jitter", "long", "lr_jitter", "lr_adam_jitter", "warp_lr", "sgd_nowarp"):
         assert needed in listed
 
@@ -83,6 +83,22 @@ def test_the_optimizer_atlas_runs_every_registered_optimizer_at_its_lr_and_3x(tm
     assert "optimizer.nesterov=true" in by_block["opt_nesterov"] and "optimizer.momentum=0" in by_block["opt_sgd_m0"]
     assert "optimizer.weight_decay=0.0005,0.05" in by_block["opt_sgd_l2"]
     assert len(calls) == 2 * len(OPTIMIZERS.names()) + 5
+
+
+def test_the_quantizer_atlas_runs_every_setting_under_both_rules(tmp_path):
+    calls, _ = run(tmp_path, "full", "quantizers")
+    by_block = {re.search(r"runs/([a-z0-9_]+)", c).group(1): c for c in calls}
+    settings = {"tensor": "quantizer=tensor", "channel": "quantizer=channel", "lsq": "quantizer=lsq",
+                "lsq_channel": "quantizer.scope=channel", "dynamic_absmean": "quantizer.stat=absmean",
+                "dynamic_maxabs": "quantizer.stat=max_abs", "a4_fixed": "activation=fixed activation.bits=4",
+                "a4_pact": "activation=pact activation.bits=4", "a2_fixed": "activation=fixed activation.bits=2",
+                "a2_pact": "activation=pact activation.bits=2", "lsq_a2": "quantizer=lsq activation=fixed"}
+    assert len(calls) == 2 * len(settings)
+    for name, ovs in settings.items():
+        for opt, other in (("sgd", "sgd_nowarp"), ("adam", "warped")):
+            c = by_block[f"q_{name}_{opt}"]
+            assert f"optimizer={opt} experiment=predicted,{other},jitter seed=0,1,2 experiment_name=quantizers" in c
+            assert ovs in c and "trainer.max_steps=40" in c and "compile=true" not in c  # the atlas's own size
 
 
 def test_the_resnet_block_runs_every_comparison_with_three_seeds(tmp_path):
