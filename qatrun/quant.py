@@ -128,23 +128,30 @@ class Grid:
         return torch.minimum(torch.maximum(out, lo[j]), hi[j])
 
 
+def bisect_levels(grid: Grid, below: torch.Tensor, above: torch.Tensor, m) -> tuple[torch.Tensor, torch.Tensor]:
+    """From brackets ``below`` (at level <= i) and ``above`` (at level >= i + 1) of each threshold ``i`` (the last
+    dim), the last value of their dtype at level i and the first at level i + 1, by bisection over representable
+    values; ``m`` as ``level_index`` takes it (a float, or a tensor broadcasting over the brackets)."""
+    target = torch.arange(1, grid.n_levels, device=below.device)
+    for _ in range(4000):
+        step = torch.nextafter(below, above)
+        if bool((step == above).all()):
+            break
+        mid = ((below.double() + above.double()) / 2).to(below.dtype)
+        mid = torch.where((mid == below) | (mid == above), step, mid)
+        up = grid.level_index(mid, m) >= target
+        below, above = torch.where(up, below, mid), torch.where(up, mid, above)
+    else:  # pragma: no cover - the bracket halves every round
+        raise RuntimeError("level_bounds: bisection did not converge")
+    return below, above
+
+
 @functools.lru_cache(maxsize=4096)
 def _level_bounds(grid: Grid, m: float, dtype: torch.dtype, device: str):
     dev = torch.device(device)
     th = grid.thresholds(m).to(dev)
     d = grid.delta(m)
     below, above = (th - d / 2).to(dtype), (th + d / 2).to(dtype)  # levels i and i + 1: a bracket
-    target = torch.arange(1, grid.n_levels, device=dev)
-    # Bisect for the first value (of this dtype) at level >= i + 1; ``below`` stays at level <= i.
-    for _ in range(4000):
-        step = torch.nextafter(below, above)
-        if bool((step == above).all()):
-            break
-        mid = ((below.double() + above.double()) / 2).to(dtype)
-        mid = torch.where((mid == below) | (mid == above), step, mid)
-        up = grid.level_index(mid, m) >= target
-        below, above = torch.where(up, below, mid), torch.where(up, mid, above)
-    else:  # pragma: no cover - the bracket halves every round
-        raise RuntimeError("level_bounds: bisection did not converge")
+    below, above = bisect_levels(grid, below, above, m)
     inf = torch.full((1,), math.inf, dtype=dtype, device=dev)
     return torch.cat([-inf, above]), torch.cat([below, inf])

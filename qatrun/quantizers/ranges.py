@@ -26,7 +26,7 @@ import torch
 
 from qatrun.estimators.base import PeriodicEstimator, check_extension
 from qatrun.estimators.base import warp as warp_tensor
-from qatrun.quant import Grid, _math_dtype
+from qatrun.quant import Grid, _math_dtype, bisect_levels
 
 # The smallest range a recomputed or learned m may take: BitNet b1.58's reference code clamps its
 # absmean scale at 1e-5 (and MQBench clamps a learned scale at eps); a floor keeps 1/Delta finite.
@@ -119,17 +119,7 @@ def _channel_level_bounds(grid: Grid, m: torch.Tensor, dtype: torch.dtype) -> tu
     m64, i = m.double(), torch.arange(grid.n_bins, dtype=torch.float64, device=m.device)
     th, d = -m64 + (i + 0.5) * grid.delta(m64), grid.delta(m64)
     below, above = (th - d / 2).to(dtype), (th + d / 2).to(dtype)  # levels i and i + 1: a bracket
-    target = torch.arange(1, grid.n_levels, device=m.device)
-    for _ in range(4000):  # the first value (of this dtype) at level >= i + 1; ``below`` stays at level <= i
-        step = torch.nextafter(below, above)
-        if bool((step == above).all()):
-            break
-        mid = ((below.double() + above.double()) / 2).to(dtype)
-        mid = torch.where((mid == below) | (mid == above), step, mid)
-        up = grid.level_index(mid, m) >= target
-        below, above = torch.where(up, below, mid), torch.where(up, mid, above)
-    else:  # pragma: no cover - the bracket halves every round
-        raise RuntimeError("level_bounds: bisection did not converge")
+    below, above = bisect_levels(grid, below, above, m)  # the per-tensor bisection, on every channel at once
     inf = torch.full((m.shape[0], 1), math.inf, dtype=dtype, device=m.device)
     return torch.cat([-inf, above], dim=1), torch.cat([below, inf], dim=1)
 
