@@ -15,9 +15,11 @@ OPERATIONAL = ("resume", "device", "compile", "trainer.progress", "trainer.check
 
 # Keys added to configs/config.yaml after runs were recorded, with the value that a saved config lacking them
 # computed with (their default, which tests/test_mirror_extension.py checks against the YAML). A key at that value
-# leaves the fingerprint and the resume rule as before, so older runs stay the same result and still resume.
-ADDED = {"pair.mirror_extension": "shift", "trainer.metrics": "all", "quantizer.name": "tensor",
-         "quantizer.scale": None, "activation": None}
+# leaves the fingerprint and the resume rule as before, so older runs stay the same result and still resume. A
+# config group added since (``quantizer``) is one whole node: a saved config lacking the group gets its default
+# option entire, and one that has the group (another option) is left as it is.
+ADDED = {"pair.mirror_extension": "shift", "trainer.metrics": "all", "quantizer": {"name": "tensor", "scale": None},
+         "activation": None}
 
 
 def is_operational(key: str) -> bool:
@@ -37,7 +39,8 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def as_before(flat: dict) -> dict:
     """A flattened config without the ``ADDED`` keys that hold the value their absence meant."""
-    return {k: v for k, v in flat.items() if not (k in ADDED and v == ADDED[k])}
+    added = flatten(ADDED)
+    return {k: v for k, v in flat.items() if not (k in added and v == added[k])}
 
 
 def with_added(config: dict) -> dict:
@@ -50,7 +53,7 @@ def with_added(config: dict) -> dict:
         node = out
         for part in parents:
             node = node.setdefault(part, {})
-        node.setdefault(leaf, value)
+        node.setdefault(leaf, copy.deepcopy(value))
     return out
 
 

@@ -343,3 +343,15 @@ def test_a_checkpoint_from_before_the_key_resumes_with_shift(tmp_path):
     with pytest.raises(preflight.UserError, match=r"differs from the saved one in pair.mirror_extension \(saved "
                                                   r"shift, given periodic\)"):
         preflight.resume([f"resume={tmp_path}", "pair.mirror_extension=periodic"])
+
+
+def test_an_added_group_is_filled_whole_only_where_the_saved_config_lacks_it():
+    """A saved config without a quantizer group computed with the tensor default; one with another option keeps
+    exactly its own keys (a resume of an lsq run once got the tensor option's scale and was refused)."""
+    lsq = {"name": "lsq", "scope": "channel", "init": "lsq", "grad_scale": True}
+    assert with_added({"quantizer": dict(lsq)})["quantizer"] == lsq
+    assert with_added({})["quantizer"] == {"name": "tensor", "scale": None}
+    saved = {"quantizer": {"name": "tensor", "scale": None}, "seed": 0}
+    assert config_diff({"seed": 0}, saved) == [] and fingerprint({"seed": 0}) == fingerprint(saved)
+    assert config_diff({"seed": 0}, {"quantizer": dict(lsq), "seed": 0}) == ["quantizer.grad_scale", "quantizer.init",
+                                                                            "quantizer.name", "quantizer.scope"]
