@@ -56,3 +56,33 @@ def test_shape_from_the_current_directory(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["estimator"] == "custom" and 0 < s["alpha"] < 1
+
+
+@pytest.mark.slow
+def test_the_quantizers_train_from_the_python_api_and_the_cli(tmp_path):
+    """Every weight quantizer and both activation quantizers, typed as a user types them: keyword arguments to
+    ``qatrun.run`` and a ``qatrun -m`` sweep from the shell. Each run must carry its own setting through to the
+    quantizer it trained and the summary's labels (a run that ignored the option would be the tensor default)."""
+    short = [t for t in SHORT if not t.startswith("trainer.max_steps")] + ["trainer.max_steps=2"]
+    s = qatrun.run(short, run_dir=tmp_path / "api", quantizer="lsq", quantizer__scope="channel",
+                   activation="pact", activation__bits=2)
+    assert s["hparams"]["quantizer"] == "lsq" and s["hparams"]["activation"] == "pact"
+    assert s["config"]["quantizer"]["scope"] == "channel" and s["config"]["activation"]["bits"] == 2
+    assert s["in_theorem"] is False and s["pair/range_drift"] >= 0 and s["pair/alignment_error"] is None
+    assert s["quantized_inputs"] == s["quantized_layers"][1:] != []
+
+    script = Path(sys.executable).parent / "qatrun"
+    out = subprocess.run([str(script), "-m", *short, "quantizer=tensor,channel,dynamic", "activation=fixed",
+                          "activation.bits=4", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = {}
+    for path in (tmp_path / "sweep").glob("[0-9]*/summary.json"):  # the jobs, not the sweep's report
+        summary = json.loads(path.read_text())
+        runs[summary["hparams"]["quantizer"]] = summary
+    assert sorted(runs) == ["channel", "dynamic", "tensor"]
+    for name, summary in runs.items():
+        assert summary["hparams"]["activation"] == "fixed" and summary["config"]["activation"]["bits"] == 4
+        assert summary["quantized_inputs"] == summary["quantized_layers"][1:] != []
+        assert summary["in_theorem"] is (name != "dynamic")
+        assert ("pair/range_drift" in summary) is (name == "dynamic")
