@@ -104,8 +104,9 @@ class Grid:
         return torch.floor(self.position(w, m)).clamp_(max=self.n_bins - 1).long()
 
     def thresholds(self, m) -> torch.Tensor:
-        """The ``n - 1`` rounding thresholds (bin midpoints), fp64."""
-        i = torch.arange(self.n_bins, dtype=torch.float64)
+        """The ``n - 1`` rounding thresholds (bin midpoints), fp64; a range tensor ``(out, 1)`` gives each
+        channel's row, on its device."""
+        i = torch.arange(self.n_bins, dtype=torch.float64, device=m.device if torch.is_tensor(m) else None)
         return -m + (i + 0.5) * self.delta(m)
 
     def levels(self, m) -> torch.Tensor:

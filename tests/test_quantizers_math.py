@@ -59,6 +59,9 @@ def test_per_channel_thresholds_levels_and_bounds(kind, bits):
     assert torch.equal(grid.level_index(lo[:, 1:], mm), j[:, 1:])
     assert torch.equal(grid.level_index(torch.nextafter(lo[:, 1:], torch.tensor(-math.inf)), mm), j[:, 1:] - 1)
     assert torch.equal(grid.level_index(hi[:, :-1], mm), j[:, :-1])
+    for c in range(w.shape[0]):  # every channel at once == the per-tensor bisection on that channel's range
+        one_lo, one_hi = grid.level_bounds(float(m[c]), torch.float32)
+        assert torch.equal(lo[c], one_lo) and torch.equal(hi[c], one_hi)
 
 
 def test_same_level_per_channel_holds_each_channel_level():

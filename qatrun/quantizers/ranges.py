@@ -116,8 +116,8 @@ def _channel_level_bounds(grid: Grid, m: torch.Tensor, dtype: torch.dtype) -> tu
     """``Grid.level_bounds``'s bisection run for every channel at once (``m``: ``(out, 1)``): a layer has
     hundreds of channels, each its own range, and one bisection per channel cost seconds a layer. Elementwise
     the same arithmetic as the per-tensor one: ``level_index`` with ``m`` in its own dtype, thresholds in fp64."""
-    m64, i = m.double(), torch.arange(grid.n_bins, dtype=torch.float64, device=m.device)
-    th, d = -m64 + (i + 0.5) * grid.delta(m64), grid.delta(m64)
+    m64 = m.double()
+    th, d = grid.thresholds(m64), grid.delta(m64)
     below, above = (th - d / 2).to(dtype), (th + d / 2).to(dtype)  # levels i and i + 1: a bracket
     below, above = bisect_levels(grid, below, above, m)  # the per-tensor bisection, on every channel at once
     inf = torch.full((m.shape[0], 1), math.inf, dtype=dtype, device=m.device)
