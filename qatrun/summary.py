@@ -91,7 +91,8 @@ def summary_lines(summary: dict) -> list[str]:
                      f"{extension}")
     for key, base in printed_keys(summary):
         v = summary[key]
-        text = f"{v:.6g}" if isinstance(v, float) else str(v)
+        # None: a figure not defined for this run (the alignment through M where a grid moves), null in the JSON
+        text = f"{v:.6g}" if isinstance(v, float) else "not defined" if v is None else str(v)
         if base is not None and isinstance(summary.get(base), float):
             text += f"  (untrained twin {summary[base]:.4g})"
         lines.append(f"  {key:32s} {text}")

@@ -355,3 +355,10 @@ def test_an_added_group_is_filled_whole_only_where_the_saved_config_lacks_it():
     assert config_diff({"seed": 0}, saved) == [] and fingerprint({"seed": 0}) == fingerprint(saved)
     assert config_diff({"seed": 0}, {"quantizer": dict(lsq), "seed": 0}) == ["quantizer.grad_scale", "quantizer.init",
                                                                             "quantizer.name", "quantizer.scope"]
+
+
+def test_a_figure_not_defined_prints_so_not_none():
+    lines = summary_lines({"pair/alignment_error": None, "pair/mover_agreement": 0.5,
+                           "config": {"trainer": {"metrics": "all"}}})
+    (line,) = [x for x in lines if "pair/alignment_error " in x]
+    assert line.split()[-2:] == ["not", "defined"] and "None" not in "\n".join(lines)
